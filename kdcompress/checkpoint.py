@@ -1,0 +1,127 @@
+"""Files of a run, written so that a crash never leaves a half-written checkpoint behind.
+
+Every file is written to a temporary name in the same folder and then renamed over the old one
+(``os.replace`` is atomic on POSIX). The ``last/`` folder, which must stay consistent as a pair of files,
+is built as a new folder and swapped in; ``last.old`` is kept only for the instant of the swap, and a
+resume falls back to it if the process died exactly then.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+STUDENT_FILE = "student.safetensors"
+CONFIG_FILE = "config.json"
+STATE_FILE = "state.pt"
+LAST_DIR = "last"
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def save_tensors(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    # Clone so tensors that share storage (tied weights, views) serialise independently.
+    tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in state.items()}
+    _atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", **(metadata or {})}))
+
+
+def save_torch(path: Path, obj: Any) -> None:
+    _atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+@contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a fresh folder to fill; on success it replaces ``path`` as one step."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def last_dir(run_dir: Path) -> Path | None:
+    """The newest complete ``last/`` folder of a run, if any."""
+    for name in (LAST_DIR, LAST_DIR + ".old"):
+        candidate = run_dir / name
+        if (candidate / STATE_FILE).is_file() and (candidate / STUDENT_FILE).is_file():
+            return candidate
+    return None
+
+
+def model_config(
+    arch: str,
+    num_classes: int,
+    in_chans: int,
+    image_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    model_kwargs: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A timm-style ``config.json``: enough to rebuild the model and its preprocessing with timm alone."""
+    return {
+        "architecture": arch,
+        "num_classes": num_classes,
+        "model_args": {"in_chans": in_chans, **(model_kwargs or {})},
+        "pretrained_cfg": {
+            "input_size": [in_chans, image_size, image_size],
+            "mean": list(mean),
+            "std": list(std),
+            "num_classes": num_classes,
+            "interpolation": "bilinear",
+            "crop_pct": 1.0,
+        },
+        "kdcompress": extra or {},
+    }
+
+
+def save_model_folder(
+    folder: Path, model: nn.Module, config: dict[str, Any], filename: str = STUDENT_FILE
+) -> None:
+    """Weights as safetensors plus ``config.json`` (weights first: the config describes them)."""
+    save_tensors(folder / filename, model.state_dict(), {"architecture": config["architecture"]})
+    write_json(folder / CONFIG_FILE, config)
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / CONFIG_FILE).read_text())
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))

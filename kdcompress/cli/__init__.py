@@ -1,0 +1,23 @@
+"""The ``kdcompress`` command line: thin wrappers that build a Recipe and call the library."""
+
+from __future__ import annotations
+
+import typer
+
+from kdcompress.cli import demo, deploy, training
+
+app = typer.Typer(
+    name="kdcompress",
+    help="Compress image classifiers by knowledge distillation: distill, probe layers, export.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+for module in (demo, training, deploy):
+    module.register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,85 @@
+"""What every command shares: the console, the user-error guard and recipe-building options."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from kdcompress.errors import UserError
+
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def guarded(command: F) -> F:
+    """Turn a :class:`UserError` into one red sentence on stderr and exit code 2 (no traceback)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except UserError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+        except KeyboardInterrupt:
+            err_console.print(
+                "[yellow]interrupted[/]: the last completed epoch is kept; continue with --resume."
+            )
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+RecipeOpt = Annotated[
+    Path | None, typer.Option("--recipe", help="YAML recipe to start from (flags and --set override it).")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", help="Override any recipe field: --set train.epochs=3 (repeatable; YAML-typed values)."
+    ),
+]
+DataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        help="Dataset: digits | fashion-mnist[:DIR] | cifar10:DIR | cifar100:DIR | imagefolder:DIR "
+        "| synthetic[:K].",
+    ),
+]
+OutOpt = Annotated[
+    Path | None, typer.Option("--out", help="Run folder to create (must be new unless --resume).")
+]
+EpochsOpt = Annotated[int | None, typer.Option("--epochs", help="Training epochs.", min=1)]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Global batch size.", min=1)]
+LrOpt = Annotated[float | None, typer.Option("--lr", help="Base learning rate.")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (data order, init, augmentation).")]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue the run in --out from its last completed epoch.")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or per-epoch lines.")]
+
+
+def training_flags(
+    data: str | None,
+    epochs: int | None,
+    batch_size: int | None,
+    lr: float | None,
+    device: str | None,
+    seed: int | None,
+) -> dict[str, Any]:
+    """The shared training flags as a nested recipe fragment (None = not given)."""
+    return {
+        "data": {"source": data},
+        "train": {"epochs": epochs, "batch_size": batch_size, "device": device, "seed": seed},
+        "optim": {"lr": lr},
+    }

@@ -1,0 +1,120 @@
+"""``train`` and ``distill``: flags -> Recipe -> engine.run -> a summary line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from kdcompress.cli.common import (
+    BatchOpt,
+    DataOpt,
+    DeviceOpt,
+    EpochsOpt,
+    LrOpt,
+    OutOpt,
+    QuietOpt,
+    RecipeOpt,
+    ResumeOpt,
+    SeedOpt,
+    SetOpt,
+    console,
+    err_console,
+    guarded,
+    training_flags,
+)
+from kdcompress.errors import UserError
+from kdcompress.recipe import build_recipe, merge
+
+
+def _run(
+    recipe_file: Path | None,
+    flags: dict[str, Any],
+    overrides: list[str] | None,
+    out: Path | None,
+    resume: bool,
+    quiet: bool,
+) -> None:
+    from kdcompress import engine
+
+    if out is None:
+        raise UserError("Say where the run goes with --out DIR.")
+    if resume and recipe_file is None and (out / "recipe.yaml").is_file():
+        recipe_file = out / "recipe.yaml"  # a resumed run keeps its recipe; flags and --set still apply
+    recipe = build_recipe(recipe_file, flags, overrides)
+    result = engine.run(recipe, out, resume=resume, console=err_console, quiet=quiet)
+    teacher = f"  teacher {result.teacher_top1:.2f}%" if result.teacher_top1 is not None else ""
+    best = f"best val top-1 {result.best_top1:.2f}% (epoch {result.best_epoch})"
+    console.print(f"[bold green]done[/]: {best}{teacher}  -> {out}")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @guarded
+    def train(
+        model: Annotated[
+            str | None, typer.Option("--model", help="Architecture (any timm name, or cifar_*).")
+        ] = None,
+        data: DataOpt = None,
+        out: OutOpt = None,
+        epochs: EpochsOpt = None,
+        batch_size: BatchOpt = None,
+        lr: LrOpt = None,
+        device: DeviceOpt = None,
+        seed: SeedOpt = None,
+        recipe: RecipeOpt = None,
+        set_: SetOpt = None,
+        resume: ResumeOpt = False,
+        quiet: QuietOpt = False,
+    ) -> None:
+        """Train a model with plain cross-entropy: a teacher, or a from-scratch student baseline."""
+        flags = merge(
+            training_flags(data, epochs, batch_size, lr, device, seed),
+            {"student": {"arch": model}, "method": {"name": "ce"}},
+        )
+        _run(recipe, flags, set_, out, resume, quiet)
+
+    @app.command()
+    @guarded
+    def distill(
+        teacher: Annotated[str | None, typer.Option("--teacher", help="Teacher architecture.")] = None,
+        teacher_weights: Annotated[
+            str | None,
+            typer.Option(
+                "--teacher-weights", help="Teacher weights: .safetensors, .pth/.pt, or a run folder."
+            ),
+        ] = None,
+        student: Annotated[str | None, typer.Option("--student", help="Student architecture.")] = None,
+        method: Annotated[
+            str | None,
+            typer.Option("--method", help="Distillation method (`kdcompress recipes methods` lists them)."),
+        ] = None,
+        align: Annotated[
+            str | None,
+            typer.Option(
+                "--align", help="Feature methods: auto (knowledge-quality probe) | manual | stages."
+            ),
+        ] = None,
+        data: DataOpt = None,
+        out: OutOpt = None,
+        epochs: EpochsOpt = None,
+        batch_size: BatchOpt = None,
+        lr: LrOpt = None,
+        device: DeviceOpt = None,
+        seed: SeedOpt = None,
+        recipe: RecipeOpt = None,
+        set_: SetOpt = None,
+        resume: ResumeOpt = False,
+        quiet: QuietOpt = False,
+    ) -> None:
+        """Distill a student from a pretrained teacher with the chosen method."""
+        flags = merge(
+            training_flags(data, epochs, batch_size, lr, device, seed),
+            {
+                "teacher": {"arch": teacher, "weights": teacher_weights},
+                "student": {"arch": student},
+                "method": {"name": method, "align": align},
+            },
+        )
+        _run(recipe, flags, set_, out, resume, quiet)

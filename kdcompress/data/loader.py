@@ -1,0 +1,241 @@
+"""Batches on the training device, augmented there.
+
+Small datasets (digits, Fashion-MNIST, CIFAR, synthetic) are copied to the device once as uint8 and
+every batch is gathered, cropped, flipped, resized and normalised there: no DataLoader, no worker
+processes, no host round trip per step. Image folders are decoded by DataLoader workers into uint8
+tensors of a fixed size, copied with pinned memory, and then go through the same device transform, so
+there is one augmentation code path.
+
+Augmentation parameters are drawn explicitly per sample (crop offset, flip), from a generator seeded by
+(seed, epoch). Two consequences users rely on: a resumed run sees exactly the batches the uninterrupted
+run would have seen, and a (sample, view) pair identifies the teacher's input exactly, which is what
+makes teacher-output caching correct.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from kdcompress.data.sources import Dataset, FileSplit, Split, TensorSplit
+
+_GREY_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+@dataclass
+class Batch:
+    """One training or evaluation batch, already normalised, plus what produced it."""
+
+    images: torch.Tensor  # float [B, C, S, S] on the device
+    labels: torch.Tensor  # int64 [B] on the device
+    indices: torch.Tensor  # int64 [B] sample indices into the split (on the device)
+    views: torch.Tensor  # int64 [B] augmentation view id (0 = un-augmented)
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """How the model sees images: channels, square size and normalisation."""
+
+    channels: int
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def image_format(dataset: Dataset, image_size: int | None, channels: int | None) -> ImageFormat:
+    """The model-side image format for a dataset under the recipe's size and channel choices."""
+    out_channels = channels or dataset.channels
+    mean, std = dataset.mean, dataset.std
+    if out_channels != dataset.channels:
+        if out_channels == 3:
+            mean, std = mean * 3, std * 3
+        else:
+            mean = (sum(w * m for w, m in zip(_GREY_WEIGHTS, mean, strict=True)),)
+            std = (sum(w * s for w, s in zip(_GREY_WEIGHTS, std, strict=True)),)
+    return ImageFormat(out_channels, image_size or dataset.native_size, tuple(mean), tuple(std))
+
+
+class DeviceTransform:
+    """uint8 batch -> float, normalised batch in the model's format, with optional crop and flip."""
+
+    def __init__(
+        self, in_channels: int, fmt: ImageFormat, crop_padding: int, flip: bool, device: torch.device
+    ):
+        self.in_channels = in_channels
+        self.fmt = fmt
+        self.crop_padding = crop_padding
+        self.flip = flip
+        shape = (1, fmt.channels, 1, 1)
+        self.mean = torch.tensor(fmt.mean, device=device).view(shape) * 255.0
+        self.std = torch.tensor(fmt.std, device=device).view(shape) * 255.0
+        self.grey = torch.tensor(_GREY_WEIGHTS, device=device).view(1, 3, 1, 1)
+
+    @property
+    def num_views(self) -> int:
+        """Distinct augmented views of one sample (crop offsets x flips)."""
+        side = 2 * self.crop_padding + 1
+        return side * side * (2 if self.flip else 1)
+
+    def sample_views(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        """Random view ids for ``count`` samples; view 0 is never special-cased by callers."""
+        return torch.randint(0, self.num_views, (count,), generator=generator)
+
+    def identity_view(self) -> int:
+        """The view id of the un-augmented image (centre crop, no flip)."""
+        side = 2 * self.crop_padding + 1
+        return (self.crop_padding * side + self.crop_padding) * (2 if self.flip else 1)
+
+    def __call__(self, images: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
+        x = images
+        if views is not None and self.num_views > 1:
+            x = self._augment(x, views)
+        x = x.float()
+        if self.fmt.channels != self.in_channels:
+            x = x.expand(-1, 3, -1, -1) if self.fmt.channels == 3 else (x * self.grey).sum(1, keepdim=True)
+        if x.shape[-1] != self.fmt.size or x.shape[-2] != self.fmt.size:
+            shrink = x.shape[-1] > self.fmt.size
+            x = F.interpolate(x, size=(self.fmt.size, self.fmt.size), mode="bilinear", antialias=shrink)
+        return (x - self.mean) / self.std
+
+    def _augment(self, x: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        flips = views % 2 if self.flip else torch.zeros_like(views)
+        offsets = views // 2 if self.flip else views
+        if self.crop_padding > 0:
+            p = self.crop_padding
+            side = 2 * p + 1
+            oy, ox = offsets // side, offsets % side
+            h, w = x.shape[-2:]
+            padded = F.pad(x, (p, p, p, p))
+            rows = oy[:, None] + torch.arange(h, device=x.device)
+            cols = ox[:, None] + torch.arange(w, device=x.device)
+            batch = torch.arange(x.shape[0], device=x.device)[:, None, None]
+            x = padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        if self.flip:
+            x = torch.where(flips.bool()[:, None, None, None], x.flip(-1), x)
+        return x.contiguous()
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    # Mixing with a large odd constant keeps epochs of nearby seeds from sharing streams.
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+class _FileImages(torch.utils.data.Dataset):
+    """Decode, resize the shorter side and centre-crop to a square uint8 tensor."""
+
+    def __init__(self, split: FileSplit, size: int):
+        self.split = split
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        with Image.open(self.split.paths[i]) as img:
+            img = img.convert("RGB")
+            scale = self.size / min(img.size)
+            resized = img.resize(
+                (max(self.size, round(img.width * scale)), max(self.size, round(img.height * scale)))
+            )
+            left = (resized.width - self.size) // 2
+            top = (resized.height - self.size) // 2
+            crop = resized.crop((left, top, left + self.size, top + self.size))
+            pixels = torch.frombuffer(bytearray(crop.tobytes()), dtype=torch.uint8)
+        return pixels.view(self.size, self.size, 3).permute(2, 0, 1).contiguous(), int(self.split.labels[i])
+
+
+class Loader:
+    """Iterates one split in batches on ``device``; shards across DDP ranks; reproducible per epoch."""
+
+    def __init__(
+        self,
+        split: Split,
+        transform: DeviceTransform,
+        batch_size: int,
+        device: torch.device,
+        train: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+    ):
+        self.split = split
+        self.transform = transform
+        self.batch_size = batch_size
+        self.device = device
+        self.train = train
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.num_workers = num_workers
+        self.labels = split.labels.to(device)
+        self.images = split.images.to(device) if isinstance(split, TensorSplit) else None
+
+    def _order(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This rank's sample order and view ids for an epoch."""
+        n = len(self.split)
+        if self.train:
+            gen = _epoch_generator(self.seed, epoch)
+            order = torch.randperm(n, generator=gen)
+            views = self.transform.sample_views(n, gen)
+        else:
+            order, views = torch.arange(n), None
+        if self.world_size > 1:
+            per_rank = n // self.world_size if self.train else math.ceil(n / self.world_size)
+            order = order[self.rank :: self.world_size][:per_rank]
+        return order, (views[order] if views is not None else None)
+
+    def __len__(self) -> int:
+        n = len(self._order(0)[0])
+        if self.train and n >= self.batch_size:
+            return n // self.batch_size
+        return math.ceil(n / self.batch_size)
+
+    def batches(self, epoch: int = 0) -> Iterator[Batch]:
+        order, views = self._order(epoch)
+        steps = len(self)
+        identity = self.transform.identity_view()
+        if self.images is None:
+            yield from self._file_batches(order, views, steps, identity)
+            return
+        order_dev = order.to(self.device, non_blocking=True)
+        views_dev = views.to(self.device, non_blocking=True) if views is not None else None
+        for step in range(steps):
+            index = order_dev[step * self.batch_size : (step + 1) * self.batch_size]
+            view = (
+                views_dev[step * self.batch_size : (step + 1) * self.batch_size]
+                if views_dev is not None
+                else None
+            )
+            images = self.transform(self.images[index], view)
+            view_ids = view if view is not None else torch.full_like(index, identity)
+            yield Batch(images, self.labels[index], index, view_ids)
+
+    def _file_batches(
+        self, order: torch.Tensor, views: torch.Tensor | None, steps: int, identity: int
+    ) -> Iterator[Batch]:
+        dataset = _FileImages(self.split, self.transform.fmt.size)  # type: ignore[arg-type]
+        subset = torch.utils.data.Subset(dataset, order[: steps * self.batch_size].tolist())
+        loader = torch.utils.data.DataLoader(
+            subset,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+        for step, (images, _) in enumerate(loader):
+            window = slice(step * self.batch_size, step * self.batch_size + images.shape[0])
+            index = order[window]
+            view = views[window] if views is not None else None
+            images = images.to(self.device, non_blocking=True)
+            view_dev = view.to(self.device, non_blocking=True) if view is not None else None
+            index_dev = index.to(self.device, non_blocking=True)
+            normalised = self.transform(images, view_dev)
+            view_ids = view_dev if view_dev is not None else torch.full_like(index_dev, identity)
+            yield Batch(normalised, self.labels[index_dev], index_dev, view_ids)

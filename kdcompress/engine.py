@@ -1,0 +1,372 @@
+"""The training loop shared by ``train`` and ``distill``.
+
+Everything a run needs is built and validated first (data, models, weights, method); only then is the
+run folder created, so a bad input never leaves files behind. Each epoch ends with an evaluation and
+three atomic writes: the best student (when it improved), the ``last/`` resume point, and the metrics.
+
+Speed notes: the loss terms and accuracy are summed on the device and read by the host only every
+``train.log_every`` steps and at the end of the epoch; the teacher runs under inference mode and the
+same autocast as the student; data batches never leave the device.
+
+Determinism: the data order, the augmentation views and the global torch RNG are all re-seeded from
+(seed, epoch) at the start of every epoch, so resuming after epoch k replays epochs k+1.. exactly as
+the uninterrupted run would have, without having to restore RNG states.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from kdcompress import checkpoint
+from kdcompress.data import DataBundle, load_data
+from kdcompress.errors import UserError
+from kdcompress.evaluate import autocast_for, evaluate, resolve_precision
+from kdcompress.methods import Method, resolve_method
+from kdcompress.methods import Progress as StepProgress
+from kdcompress.models import build_model, count_parameters, load_weights
+from kdcompress.recipe import Recipe, validate_recipe
+from kdcompress.runtime import Runtime, all_reduce_sum, setup_runtime
+from kdcompress.schedule import build_optimizer, build_scheduler
+
+
+@dataclass
+class RunResult:
+    """What a finished run achieved; also the source of the demo table and the report."""
+
+    run_dir: Path
+    best_top1: float
+    best_epoch: int
+    last_top1: float
+    teacher_top1: float | None
+    student_params: int
+    teacher_params: int | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Prepared:
+    """A run's validated ingredients, built before anything is written to disk."""
+
+    recipe: Recipe
+    data: DataBundle
+    method: Method
+    student: nn.Module
+    teacher: nn.Module | None
+
+
+def seed_everything(seed: int, epoch: int = 0) -> None:
+    torch.manual_seed(seed * 1_000_003 + epoch)
+
+
+def prepare(recipe: Recipe) -> Prepared:
+    """Load data and models and build the method; raises UserError on any bad input."""
+    method_cls, method_config = resolve_method(recipe.method.name, recipe.method_options())
+    data = load_data(recipe.data)
+    fmt = data.fmt
+    seed_everything(recipe.train.seed)
+    student = build_model(recipe.student.arch, data.num_classes, fmt.channels, **recipe.student.kwargs)
+    if recipe.student.weights:
+        load_weights(student, recipe.student.weights, "student")
+    teacher = None
+    if method_cls.needs_teacher:
+        if recipe.teacher is None:
+            raise UserError(
+                f"Method '{method_cls.name}' needs a teacher; pass --teacher ARCH --teacher-weights FILE."
+            )
+        teacher = build_model(recipe.teacher.arch, data.num_classes, fmt.channels, **recipe.teacher.kwargs)
+        if recipe.teacher.weights:
+            load_weights(teacher, recipe.teacher.weights, "teacher")
+    example_loader = data.val_loader(min(8, len(data.dataset.val)), torch.device("cpu"))
+    example = next(iter(example_loader.batches())).images
+    method = method_cls(student, teacher, method_config, example)
+    # Record the method's fully resolved options (defaults and aliases spelled out) in the recipe.
+    resolved = recipe.model_dump(mode="json")
+    resolved["method"] = {"name": method_cls.name, **method.config.model_dump(mode="json")}
+    return Prepared(validate_recipe(resolved), data, method, student, teacher)
+
+
+def student_config(recipe: Recipe, data: DataBundle, extra: dict[str, Any]) -> dict[str, Any]:
+    fmt = data.fmt
+    return checkpoint.model_config(
+        recipe.student.arch,
+        data.num_classes,
+        fmt.channels,
+        fmt.size,
+        fmt.mean,
+        fmt.std,
+        recipe.student.kwargs,
+        {
+            "method": recipe.method.name,
+            "teacher": recipe.teacher.arch if recipe.teacher else None,
+            "data": recipe.data.source,
+            "class_names": data.dataset.class_names,
+            "recipe": recipe.model_dump(mode="json"),
+            **extra,
+        },
+    )
+
+
+class Trainer:
+    """Runs one recipe into one run folder."""
+
+    def __init__(
+        self, prepared: Prepared, run_dir: Path, runtime: Runtime, console: Console, quiet: bool = False
+    ):
+        self.p = prepared
+        self.recipe = prepared.recipe
+        self.run_dir = run_dir
+        self.runtime = runtime
+        self.console = console
+        self.quiet = quiet
+        train = self.recipe.train
+        self.precision = resolve_precision(train.precision, runtime.device)
+        if self.precision in ("bf16", "fp16") and runtime.device.type == "cpu" and train.precision == "auto":
+            self.precision = "fp32"
+        self.channels_last = (
+            train.channels_last if train.channels_last is not None else runtime.device.type == "cuda"
+        )
+        memory_format = torch.channels_last if self.channels_last else torch.preserve_format
+        self.method = prepared.method.to(runtime.device, memory_format=memory_format)
+        if prepared.teacher is not None:
+            prepared.teacher.to(runtime.device, memory_format=memory_format)
+        world = runtime.world_size
+        if train.batch_size % world:
+            raise UserError(f"train.batch_size {train.batch_size} is not divisible by the {world} processes.")
+        data = prepared.data
+        self.train_loader = data.train_loader(
+            train.batch_size // world,
+            runtime.device,
+            train.seed,
+            runtime.rank,
+            world,
+            self.recipe.data.num_workers,
+        )
+        self.val_loader = data.val_loader(
+            train.eval_batch_size, runtime.device, runtime.rank, world, self.recipe.data.num_workers
+        )
+        if len(self.train_loader) == 0:
+            raise UserError(
+                "The training split is smaller than one batch per process; lower train.batch_size."
+            )
+        self.step_model: nn.Module = self.method
+        if runtime.distributed:
+            device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+            self.step_model = nn.parallel.DistributedDataParallel(self.method, device_ids=device_ids)
+        if train.compile:
+            self.step_model = torch.compile(self.step_model)
+        self.optimizer = build_optimizer(self.method, self.recipe.optim, runtime)
+        self.scheduler = build_scheduler(
+            self.optimizer, self.recipe.schedule, train.epochs, len(self.train_loader)
+        )
+        self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=self.precision == "fp16")
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch = 1
+        self.best_top1 = -1.0
+        self.best_epoch = 0
+        self.teacher_top1: float | None = None
+
+    # ---- resume -------------------------------------------------------------------------------------
+    def load_resume_state(self) -> None:
+        source = checkpoint.last_dir(self.run_dir)
+        if source is None:
+            raise UserError(f"There is nothing to resume in '{self.run_dir}' (no complete last/ checkpoint).")
+        state = torch.load(
+            source / checkpoint.STATE_FILE, map_location=self.runtime.device, weights_only=False
+        )
+        self.p.student.load_state_dict(checkpoint.load_tensors(source / checkpoint.STUDENT_FILE))
+        self.method.load_state_dict(state["method_extra"], strict=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch = state["epoch"] + 1
+        self.best_top1, self.best_epoch = state["best_top1"], state["best_epoch"]
+        self.teacher_top1 = state["teacher_top1"]
+        self.history = state["history"]
+        if self.runtime.is_main:
+            self._write_metrics_file()
+
+    def _write_metrics_file(self) -> None:
+        lines = "".join(json.dumps(row) + "\n" for row in self.history)
+        checkpoint.write_text(self.run_dir / "metrics.jsonl", lines)
+
+    # ---- one epoch ----------------------------------------------------------------------------------
+    def train_epoch(self, epoch: int, bar: Progress | None, task: Any) -> dict[str, float]:
+        method, loader, device = self.method, self.train_loader, self.runtime.device
+        seed_everything(self.recipe.train.seed, epoch)
+        method.train()
+        steps = len(loader)
+        sums: dict[str, torch.Tensor] = {}
+        correct = torch.zeros((), device=device)
+        seen = 0
+        clip = self.recipe.train.grad_clip
+        log_every = self.recipe.train.log_every
+        start = time.perf_counter()
+        for step, batch in enumerate(loader.batches(epoch)):
+            images = (
+                batch.images.contiguous(memory_format=torch.channels_last)
+                if self.channels_last
+                else batch.images
+            )
+            with autocast_for(device, self.precision):
+                teacher_out = method.teacher_outputs(images)
+                logits, terms = self.step_model(
+                    images, batch.labels, StepProgress(epoch, step, steps), teacher_out
+                )
+                loss = sum(terms.values())
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if clip is not None:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(method.parameters(), clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            for name, value in terms.items():
+                sums[name] = sums.get(name, torch.zeros((), device=device)) + value.detach().float()
+            correct += (logits.detach().argmax(1) == batch.labels).sum()
+            seen += batch.labels.numel()
+            if (step + 1) % log_every == 0 or step + 1 == steps:
+                current = float(loss.detach())  # the only host read, every log_every steps
+                if not math.isfinite(current):
+                    raise UserError(
+                        f"Training diverged (loss {current} at epoch {epoch}, step {step + 1}); "
+                        "lower optim.lr or use train.grad_clip."
+                    )
+                if bar is not None:
+                    bar.update(task, completed=step + 1, description=f"epoch {epoch} loss {current:.4f}")
+        seconds = time.perf_counter() - start
+        totals = torch.stack([*sums.values(), correct, torch.tensor(float(seen), device=device)])
+        totals = all_reduce_sum(totals.double(), self.runtime).tolist()
+        count = totals[-1]
+        world = self.runtime.world_size
+        row: dict[str, float] = {f"loss_{name}": totals[i] / steps / world for i, name in enumerate(sums)}
+        row["loss"] = sum(row.values())
+        row["train_top1"] = 100.0 * totals[-2] / count
+        row["epoch_seconds"] = seconds
+        row["images_per_second"] = count / seconds
+        return row
+
+    # ---- the run ------------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> RunResult:
+        runtime = self.runtime
+        if resume:
+            self.load_resume_state()
+        elif self.p.teacher is not None:
+            self.teacher_top1 = evaluate(self.p.teacher, self.val_loader, runtime, self.precision)["top1"]
+        if runtime.is_main and not resume:
+            checkpoint.write_text(self.run_dir / "recipe.yaml", self.recipe.to_yaml())
+            checkpoint.write_text(self.run_dir / "metrics.jsonl", "")
+        epochs = self.recipe.train.epochs
+        show_bar = runtime.is_main and not self.quiet and self.console.is_terminal
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=self.console, transient=True, disable=not show_bar) as bar:
+            for epoch in range(self.start_epoch, epochs + 1):
+                task = bar.add_task(f"epoch {epoch}", total=len(self.train_loader))
+                row: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
+                row.update(self.train_epoch(epoch, bar if show_bar else None, task))
+                bar.remove_task(task)
+                val = evaluate(self.method.student, self.val_loader, runtime, self.precision)
+                row.update(val_top1=val["top1"], val_top5=val["top5"], val_loss=val["loss"])
+                improved = val["top1"] > self.best_top1
+                if improved:
+                    self.best_top1, self.best_epoch = val["top1"], epoch
+                row["best_val_top1"] = self.best_top1
+                self.history.append(row)
+                if runtime.is_main:
+                    self._save_epoch(epoch, improved)
+                    if not self.quiet:
+                        self._print_epoch(row)
+        return RunResult(
+            self.run_dir,
+            self.best_top1,
+            self.best_epoch,
+            self.history[-1]["val_top1"] if self.history else float("nan"),
+            self.teacher_top1,
+            count_parameters(self.p.student),
+            count_parameters(self.p.teacher) if self.p.teacher is not None else None,
+            self.history,
+        )
+
+    def _save_epoch(self, epoch: int, improved: bool) -> None:
+        extra = {
+            "epoch": epoch,
+            "val_top1": self.history[-1]["val_top1"],
+            "teacher_val_top1": self.teacher_top1,
+        }
+        extra.update(self.method.extra_state_for_report())
+        config = student_config(self.recipe, self.p.data, extra)
+        if improved:
+            checkpoint.save_model_folder(self.run_dir, self.p.student, config)
+        method_extra = {k: v for k, v in self.method.state_dict().items() if not k.startswith("student.")}
+        state = {
+            "epoch": epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "method_extra": method_extra,
+            "best_top1": self.best_top1,
+            "best_epoch": self.best_epoch,
+            "teacher_top1": self.teacher_top1,
+            "history": self.history,
+        }
+        with checkpoint.atomic_dir(self.run_dir / checkpoint.LAST_DIR) as folder:
+            checkpoint.save_model_folder(folder, self.p.student, config)
+            checkpoint.save_torch(folder / checkpoint.STATE_FILE, state)
+        self._write_metrics_file()
+
+    def _print_epoch(self, row: dict[str, Any]) -> None:
+        terms = " ".join(f"{k[5:]}={v:.4f}" for k, v in row.items() if k.startswith("loss_"))
+        self.console.print(
+            f"epoch {row['epoch']:>3}  loss {row['loss']:.4f} ({terms})  train {row['train_top1']:.2f}%  "
+            f"val {row['val_top1']:.2f}%  best {row['best_val_top1']:.2f}%  "
+            f"{row['images_per_second']:.0f} img/s",
+            soft_wrap=True,
+        )
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuse to mix a new run into an existing one; refuse to resume what is not there."""
+    if resume:
+        if checkpoint.last_dir(run_dir) is None:
+            raise UserError(f"There is nothing to resume in '{run_dir}' (no complete last/ checkpoint).")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(
+            f"Run folder '{run_dir}' already holds a run; pass --resume to continue it or a new --out."
+        )
+
+
+def run(
+    recipe: Recipe, run_dir: Path, resume: bool = False, console: Console | None = None, quiet: bool = False
+) -> RunResult:
+    """Train ``recipe`` into ``run_dir`` (the library entry point behind ``train`` and ``distill``)."""
+    from kdcompress.report import write_report
+
+    console = console or Console(stderr=True)
+    check_run_dir(run_dir, resume)
+    runtime = setup_runtime(recipe.train.device)
+    prepared = prepare(recipe)
+    created = not run_dir.exists()
+    try:
+        trainer = Trainer(prepared, run_dir, runtime, console, quiet)
+        if runtime.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        result = trainer.fit(resume)
+    except BaseException:
+        # A run that failed before its first checkpoint leaves no folder behind.
+        if created and runtime.is_main and checkpoint.last_dir(run_dir) is None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    if runtime.is_main:
+        write_report(result, prepared.recipe, prepared.method.extra_state_for_report())
+    return result

@@ -1,0 +1,97 @@
+"""What every distillation method is: a module that owns the student and its connectors.
+
+A method sees the frozen teacher but does not register it as a submodule, so ``parameters()``,
+``state_dict()``, the optimizer and DDP see exactly what is trained (student + connectors). The teacher's
+contribution is split into :meth:`Method.teacher_outputs` (no gradients, possibly served from a cache)
+and :meth:`Method.forward` (the student side), which returns the student's logits and a dict of
+*weighted* loss terms whose sum is the training loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+
+class MethodConfig(BaseModel):
+    """Base for each method's options; unknown keys are errors so typos never pass silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training is, for warm-ups: epochs count from 1 as in the papers."""
+
+    epoch: int
+    step: int
+    steps_per_epoch: int
+
+    @property
+    def epochs_done(self) -> float:
+        """Fractional epochs completed after this step (for per-step ramps)."""
+        return self.epoch - 1 + (self.step + 1) / self.steps_per_epoch
+
+
+def warmup_factor(progress: Progress, warmup_epochs: float, per_step: bool = False) -> float:
+    """``min(epoch / warmup, 1)`` at epoch granularity (the papers' ramp), or per step when asked."""
+    if warmup_epochs <= 0:
+        return 1.0
+    elapsed = progress.epochs_done if per_step else progress.epoch
+    return min(elapsed / warmup_epochs, 1.0)
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Put a teacher in eval mode (running BN statistics) with no trainable parameters."""
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+class Method(nn.Module):
+    """Base class: subclasses set ``name``, ``Config`` and implement :meth:`forward`."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    needs_teacher: ClassVar[bool] = True
+    # True when teacher_outputs depends only on the input image, so it may be cached per (sample, view).
+    cacheable_teacher: ClassVar[bool] = True
+
+    def __init__(
+        self, student: nn.Module, teacher: nn.Module | None, config: MethodConfig, example: torch.Tensor
+    ):
+        super().__init__()
+        self.student = student
+        self.config = config
+        # Kept out of the module tree on purpose (see the module docstring).
+        self.__dict__["teacher"] = freeze(teacher) if teacher is not None else None
+
+    def train(self, mode: bool = True) -> Method:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def teacher_outputs(self, images: torch.Tensor) -> Any:
+        """What the loss needs from the teacher for these images; the teacher's logits by default."""
+        if self.teacher is None:
+            return None
+        with torch.inference_mode():
+            logits = self.teacher(images)
+        # Inference tensors cannot be saved for backward; a clone outside inference mode can.
+        return logits.clone()
+
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor, progress: Progress, teacher_out: Any
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def extra_state_for_report(self) -> dict[str, Any]:
+        """Facts about the method worth recording in the run's report (e.g. chosen layers)."""
+        return {}

@@ -1,0 +1,241 @@
+"""The Recipe: the one schema every command's flags, YAML files and ``--set`` overrides map onto.
+
+A run is fully described by its resolved recipe (written to ``recipe.yaml`` in the run folder), so a
+run can be repeated from that file alone. Precedence, lowest first: schema defaults, the ``--recipe``
+file, command-line flags, ``--set key.path=value`` overrides.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from kdcompress.errors import UserError, did_you_mean
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(_Section):
+    """A model by timm name, with optional local weights and extra ``timm.create_model`` arguments."""
+
+    arch: str
+    weights: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataSpec(_Section):
+    """Which dataset, at what size, how much of it and how it is augmented."""
+
+    source: str = "digits"
+    image_size: int | None = Field(default=None, gt=0)
+    channels: int | None = Field(default=None, description="force 1 or 3 channels (grey <-> RGB)")
+    train_limit: int | None = Field(default=None, gt=0)
+    val_limit: int | None = Field(default=None, gt=0)
+    augment: Literal["auto", "none", "flip", "crop", "crop_flip"] = "auto"
+    crop_padding: int | None = Field(default=None, ge=0, description="default: image size / 8")
+    num_workers: int = Field(default=4, ge=0, description="decoder processes for imagefolder")
+
+    @field_validator("channels")
+    @classmethod
+    def _one_or_three(cls, value: int | None) -> int | None:
+        if value not in (None, 1, 3):
+            raise ValueError("channels must be 1 or 3")
+        return value
+
+
+class MethodSpec(BaseModel):
+    """The distillation method by registry name; its own options are validated by the method."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = "kd"
+
+
+class OptimSpec(_Section):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(default=0.05, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(default=5e-4, ge=0)
+    lr_scaling: Literal["none", "linear"] = Field(
+        default="none", description="linear: multiply lr by the number of DDP processes"
+    )
+
+
+class ScheduleSpec(_Section):
+    name: Literal["cosine", "step", "constant", "onecycle"] = "cosine"
+    milestones: list[int] = Field(default_factory=list, description="epochs where step decay applies")
+    gamma: float = Field(default=0.1, gt=0)
+    warmup_epochs: float = Field(default=0.0, ge=0)
+    min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
+
+
+class TrainSpec(_Section):
+    epochs: int = Field(default=10, gt=0)
+    batch_size: int = Field(default=128, gt=0, description="global batch (split across DDP processes)")
+    eval_batch_size: int = Field(default=512, gt=0)
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool | None = Field(default=None, description="default: on for CUDA")
+    compile: bool = False
+    seed: int = 0
+    grad_clip: float | None = Field(default=None, gt=0)
+    log_every: int = Field(default=50, gt=0, description="steps between host reads of the loss")
+    teacher_cache: bool = False
+
+
+class ExportSpec(_Section):
+    formats: list[Literal["onnx", "safetensors"]] = Field(default_factory=lambda: ["onnx", "safetensors"])
+    opset: int = Field(default=18, ge=11)
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+
+
+class PaperSpec(BaseModel):
+    """What the source paper reports for this recipe, for comparison only."""
+
+    model_config = ConfigDict(extra="allow")
+
+    top1: float | None = None
+    source: str | None = None
+
+
+class Recipe(_Section):
+    student: ModelSpec
+    teacher: ModelSpec | None = None
+    data: DataSpec = Field(default_factory=DataSpec)
+    method: MethodSpec = Field(default_factory=MethodSpec)
+    optim: OptimSpec = Field(default_factory=OptimSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    export: ExportSpec = Field(default_factory=ExportSpec)
+    paper: PaperSpec | None = None
+
+    def method_options(self) -> dict[str, Any]:
+        """The method's own options (everything under ``method`` except its name)."""
+        return {k: v for k, v in self.method.model_dump().items() if k != "name"}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=False), sort_keys=False)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a recipe file into a plain dict, with user-facing errors."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"Recipe file '{file}' does not exist; pass the path of a YAML recipe.")
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(
+            f"Recipe file '{file}' is not valid YAML ({exc.__class__.__name__}); fix it."
+        ) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"Recipe file '{file}' must hold a mapping at the top level.")
+    return data
+
+
+def _parse_value(text: str) -> Any:
+    """YAML-typed value of an override, so ``3``, ``true``, ``[1,2]`` and ``null`` mean what they say."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _known_fields(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+def _section_model(path: list[str]) -> type[BaseModel] | None:
+    """The schema class that owns the field at ``path`` (None when the section takes free keys)."""
+    model: type[BaseModel] = Recipe
+    for key in path:
+        field = model.model_fields.get(key)
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = getattr(annotation, "__args__", (annotation,))
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return None
+        model = nested[0]
+    return model
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``a.b.c=value`` override in place, rejecting paths the schema does not have."""
+    if "=" not in assignment:
+        raise UserError(f"Override '{assignment}' needs the form key.path=value (e.g. train.epochs=3).")
+    key, _, raw = assignment.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise UserError(f"Override '{assignment}' has an empty key; use e.g. train.epochs=3.")
+    owner = _section_model(parts[:-1])
+    free_keys = owner is None or owner.model_config.get("extra") == "allow"
+    if not free_keys and parts[-1] not in owner.model_fields:
+        where = ".".join(parts[:-1]) or "the recipe"
+        choices = [".".join([*parts[:-1], f]) for f in _known_fields(owner)]
+        hint = did_you_mean(key.strip(), choices)
+        raise UserError(f"Override '{key}': {where} has no field '{parts[-1]}'.{hint}")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise UserError(f"Override '{key}': '{part}' is a value, not a section.")
+        node = child
+    node[parts[-1]] = _parse_value(raw)
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``update`` into a copy of ``base``; None values (flags not given) and empty sections
+    in ``update`` are skipped, so an unset flag never erases a recipe file's value."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict):
+            nested = merge(out[key] if isinstance(out.get(key), dict) else {}, value)
+            if nested:
+                out[key] = nested
+        elif value is not None:
+            out[key] = value
+    return out
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "recipe"
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    extra = f" and {len(exc.errors()) - 1} more problem(s)" if len(exc.errors()) > 1 else ""
+    return f"Recipe field '{where}': {first['msg']}{shown}{extra}."
+
+
+def build_recipe(
+    recipe_file: str | Path | None = None,
+    flags: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+) -> Recipe:
+    """Resolve a Recipe from a file, flag values (nested dict) and ``--set`` overrides, in that order."""
+    data: dict[str, Any] = read_yaml(recipe_file) if recipe_file else {}
+    data = merge(data, flags or {})
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    return validate_recipe(data)
+
+
+def validate_recipe(data: dict[str, Any]) -> Recipe:
+    """Validate a recipe dict, turning schema errors into one user-facing sentence."""
+    if not isinstance(data.get("student"), dict) or not data["student"].get("arch"):
+        raise UserError("The recipe names no student architecture; pass --student ARCH or set student.arch.")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(_format_validation_error(exc)) from None
