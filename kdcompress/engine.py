@@ -89,6 +89,7 @@ def prepare(recipe: Recipe) -> Prepared:
             load_weights(teacher, recipe.teacher.weights, "teacher")
     example_loader = data.val_loader(min(8, len(data.dataset.val)), torch.device("cpu"))
     example = next(iter(example_loader.batches())).images
+    method_config = method_cls.resolve_config(method_config, data, student, teacher)
     method = method_cls(student, teacher, method_config, example)
     # Record the method's fully resolved options (defaults and aliases spelled out) in the recipe.
     resolved = recipe.model_dump(mode="json")

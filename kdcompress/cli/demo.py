@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
 
         start = time.perf_counter()
         rows = run_demo(out, err_console)
-        table = Table(title="kdcompress demo: sklearn digits (360 validation images), CPU")
+        table = Table(title="kdcompress demo: sklearn digits (359 validation images), CPU")
         for column, justify in (
             ("model", "left"),
             ("architecture", "left"),

@@ -10,11 +10,14 @@ and :meth:`Method.forward` (the student side), which returns the student's logit
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
+
+if TYPE_CHECKING:
+    from kdcompress.data import DataBundle
 
 
 class MethodConfig(BaseModel):
@@ -71,6 +74,14 @@ class Method(nn.Module):
         self.config = config
         # Kept out of the module tree on purpose (see the module docstring).
         self.__dict__["teacher"] = freeze(teacher) if teacher is not None else None
+
+    @classmethod
+    def resolve_config(
+        cls, config: MethodConfig, data: DataBundle, student: nn.Module, teacher: nn.Module | None
+    ) -> MethodConfig:
+        """Fill in options that need the training data before the method is built (e.g. ``--align auto``
+        probing teacher layers). The returned config is what the resolved recipe records."""
+        return config
 
     def train(self, mode: bool = True) -> Method:
         super().train(mode)

@@ -76,7 +76,9 @@ class CifarMobileNetV2(CifarNet):
             out_chs = int(c * width_mult)
             stage = []
             for j in range(n):
-                stage.append(InvertedResidual(in_chs, out_chs, s if j == 0 else 1, expansion if t is None else t))
+                stage.append(
+                    InvertedResidual(in_chs, out_chs, s if j == 0 else 1, expansion if t is None else t)
+                )
                 in_chs = out_chs
             self.blocks.append(nn.Sequential(*stage))
             reduction *= s

@@ -22,9 +22,7 @@ class CifarResNetV2(CifarNet):
     classifier_name = "linear"
     feature_levels = 5
 
-    def __init__(
-        self, depth: int, num_classes: int = 100, in_chans: int = 3, drop_rate: float = 0.0
-    ) -> None:
+    def __init__(self, depth: int, num_classes: int = 100, in_chans: int = 3, drop_rate: float = 0.0) -> None:
         super().__init__(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
         if depth not in _LAYOUTS:
             raise ValueError(f"CIFAR ResNet(v2) depth must be one of {sorted(_LAYOUTS)}, got {depth}")

@@ -18,7 +18,9 @@ class ShuffleV2Block(nn.Module):
         self.split = int(chs * split_ratio)
         branch = chs - self.split
         if branch != self.split:
-            raise ValueError(f"ShuffleV2 block needs an even split, got {chs} channels at ratio {split_ratio}")
+            raise ValueError(
+                f"ShuffleV2 block needs an even split, got {chs} channels at ratio {split_ratio}"
+            )
         self.conv1 = nn.Conv2d(branch, branch, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm2d(branch)
         self.conv2 = nn.Conv2d(branch, branch, kernel_size=3, padding=1, groups=branch, bias=False)

@@ -26,7 +26,11 @@ def _vgg_block(in_chs: int, widths: tuple[int, ...]) -> nn.Sequential:
     """
     layers: list[nn.Module] = []
     for width in widths:
-        layers += [nn.Conv2d(in_chs, width, kernel_size=3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        layers += [
+            nn.Conv2d(in_chs, width, kernel_size=3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        ]
         in_chs = width
     return nn.Sequential(*layers)
 

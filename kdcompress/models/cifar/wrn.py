@@ -24,7 +24,9 @@ class WideBlock(nn.Module):
         self.relu2 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(out_chs, out_chs, kernel_size=3, padding=1, bias=False)
         self.convShortcut = (
-            None if in_chs == out_chs else nn.Conv2d(in_chs, out_chs, kernel_size=1, stride=stride, bias=False)
+            None
+            if in_chs == out_chs
+            else nn.Conv2d(in_chs, out_chs, kernel_size=1, stride=stride, bias=False)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -39,7 +41,10 @@ class WideStage(nn.Module):
     def __init__(self, depth: int, in_chs: int, out_chs: int, stride: int) -> None:
         super().__init__()
         self.layer = nn.Sequential(
-            *(WideBlock(in_chs if i == 0 else out_chs, out_chs, stride if i == 0 else 1) for i in range(depth))
+            *(
+                WideBlock(in_chs if i == 0 else out_chs, out_chs, stride if i == 0 else 1)
+                for i in range(depth)
+            )
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

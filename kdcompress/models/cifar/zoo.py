@@ -15,6 +15,7 @@ import os
 from functools import partial
 from typing import Any
 
+from safetensors import safe_open
 from timm.models import build_model_with_cfg, generate_default_cfgs, load_state_dict, register_model
 from torch import nn
 
@@ -50,7 +51,11 @@ _ZOO: dict[str, tuple[Any, str, int]] = {
     "cifar_vgg13": (partial(CifarVGG, depth=13), "vgg13 (vgg13_bn)", 4),
     "cifar_vgg16": (partial(CifarVGG, depth=16), "vgg16 (vgg16_bn)", 4),
     "cifar_vgg19": (partial(CifarVGG, depth=19), "vgg19 (vgg19_bn)", 4),
-    "cifar_mobilenetv2": (partial(CifarMobileNetV2, expansion=6, width_mult=0.5), "MobileNetV2 (mobile_half)", 2),
+    "cifar_mobilenetv2": (
+        partial(CifarMobileNetV2, expansion=6, width_mult=0.5),
+        "MobileNetV2 (mobile_half)",
+        2,
+    ),
     "cifar_shufflev1": (CifarShuffleNetV1, "ShuffleV1", 4),
     "cifar_shufflev2": (CifarShuffleNetV2, "ShuffleV2", 4),
     "cifar_resnet18": (partial(CifarResNetV2, depth=18), "ResNet18", 4),
@@ -86,23 +91,33 @@ def _cfg(name: str) -> dict[str, Any]:
 default_cfgs = generate_default_cfgs({name: _cfg(name) for name in _ZOO})
 
 
+def _stored_shapes(overlay: dict[str, Any], keys: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    """Shapes of ``keys`` in the overlay's in-memory state dict or weights file (header only for
+    safetensors); empty when neither is there."""
+    state = overlay.get("state_dict")
+    path = overlay.get("file")
+    if state is None and path and str(path).endswith(".safetensors") and os.path.isfile(path):
+        with safe_open(path, framework="pt") as f:
+            names = set(f.keys())
+            return {k: tuple(f.get_slice(k).get_shape()) for k in keys if k in names}
+    if state is None and path and os.path.isfile(path):
+        state = load_state_dict(path)
+    if state is None:
+        return {}  # no weights named, or a missing file: timm reports it
+    return {k: tuple(state[k].shape) for k in keys if k in state}
+
+
 def _weights_overlay(overlay: dict[str, Any] | None, cls: type[CifarNet]) -> dict[str, Any] | None:
-    """Add the class count and input channels stored in the overlay's weights, when it names some."""
+    """Add the class count and input channels stored in the overlay's weights, unless it states them."""
     if not overlay or ("num_classes" in overlay and "input_size" in overlay):
         return overlay
-    state = overlay.get("state_dict")
-    if state is None:
-        path = overlay.get("file")
-        if not path or not os.path.isfile(path):
-            return overlay  # timm reports the missing weights itself
-        state = load_state_dict(path)
+    head_key, stem_key = f"{cls.classifier_name}.weight", f"{cls.first_conv}.weight"
+    shapes = _stored_shapes(overlay, (head_key, stem_key))
     overlay = dict(overlay)
-    head = state.get(f"{cls.classifier_name}.weight")
-    if head is not None and head.ndim == 2:
-        overlay.setdefault("num_classes", int(head.shape[0]))
-    stem = state.get(f"{cls.first_conv}.weight")
-    if stem is not None and stem.ndim == 4:
-        overlay.setdefault("input_size", (int(stem.shape[1]), 32, 32))
+    if len(shapes.get(head_key, ())) == 2:
+        overlay.setdefault("num_classes", shapes[head_key][0])
+    if len(shapes.get(stem_key, ())) == 4:
+        overlay.setdefault("input_size", (shapes[stem_key][1], 32, 32))
     return overlay
 
 

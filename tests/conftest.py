@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny trained runs on the embedded digits data, isolated caches, a CLI runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from kdcompress import engine
+from kdcompress.recipe import validate_recipe
+
+TINY_DATA = {"source": "digits", "train_limit": 256, "val_limit": 128}
+TINY_TRAIN = {"device": "cpu", "batch_size": 64, "epochs": 1, "seed": 0}
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep every test's caches out of the user's home and the thread count predictable."""
+    monkeypatch.setenv("KDCOMPRESS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    torch.set_num_threads(2)
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def tiny_recipe(arch: str = "cifar_resnet8", method: str = "ce", **sections) -> dict:
+    """A recipe dict that trains in about a second on digits (8x8, 256 samples)."""
+    recipe = {
+        "student": {"arch": arch},
+        "data": dict(TINY_DATA),
+        "method": {"name": method},
+        "train": dict(TINY_TRAIN),
+    }
+    for key, value in sections.items():
+        recipe[key] = {**recipe.get(key, {}), **value}
+    return recipe
+
+
+@pytest.fixture(scope="session")
+def teacher_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cifar_resnet14 trained for 2 epochs on tiny digits: a stand-in teacher for CLI tests."""
+    out = tmp_path_factory.mktemp("teacher") / "run"
+    recipe = validate_recipe(tiny_recipe("cifar_resnet14", train={"epochs": 2}))
+    engine.run(recipe, out, quiet=True)
+    return out
