@@ -29,7 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from kdcompress import checkpoint
-from kdcompress.data import DataBundle, load_data
+from kdcompress.data import Batch, DataBundle, load_data
 from kdcompress.errors import UserError
 from kdcompress.evaluate import autocast_for, evaluate, resolve_precision
 from kdcompress.methods import Method, resolve_method
@@ -38,6 +38,7 @@ from kdcompress.models import build_model, count_parameters, load_weights
 from kdcompress.recipe import Recipe, validate_recipe
 from kdcompress.runtime import Runtime, all_reduce_sum, setup_runtime
 from kdcompress.schedule import build_optimizer, build_scheduler
+from kdcompress.teacher_cache import TeacherCache
 
 
 @dataclass
@@ -171,11 +172,25 @@ class Trainer:
             self.optimizer, self.recipe.schedule, train.epochs, len(self.train_loader)
         )
         self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=self.precision == "fp16")
+        self.teacher_cache = self._build_teacher_cache()
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 1
         self.best_top1 = -1.0
         self.best_epoch = 0
         self.teacher_top1: float | None = None
+
+    def _build_teacher_cache(self) -> TeacherCache | None:
+        train, method = self.recipe.train, self.method
+        wanted = train.teacher_cache or getattr(method.config, "cache_teacher_features", False)
+        if not wanted or method.teacher is None:
+            return None
+        if not method.cacheable_teacher:
+            raise UserError(
+                f"Method '{method.name}' needs the teacher on every step; turn train.teacher_cache off."
+            )
+        views = self.train_loader.transform.num_views
+        samples = len(self.p.data.dataset.train)
+        return TeacherCache(samples, views, self.runtime.device, train.teacher_cache_gb * 2**30)
 
     # ---- resume -------------------------------------------------------------------------------------
     def load_resume_state(self) -> None:
@@ -201,44 +216,49 @@ class Trainer:
         lines = "".join(json.dumps(row) + "\n" for row in self.history)
         checkpoint.write_text(self.run_dir / "metrics.jsonl", lines)
 
-    # ---- one epoch ----------------------------------------------------------------------------------
+    # ---- one step and one epoch ---------------------------------------------------------------------
+    def teacher_outputs(self, batch: Batch, images: torch.Tensor) -> Any:
+        if self.teacher_cache is None:
+            return self.method.teacher_outputs(images)
+        return self.teacher_cache.fetch(images, batch.indices, batch.views, self.method.teacher_outputs)
+
+    def train_step(self, batch: Batch, progress: StepProgress) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """One optimizer step: teacher outputs, student loss terms, backward, update (no host sync)."""
+        images = (
+            batch.images.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.images
+        )
+        with autocast_for(self.runtime.device, self.precision):
+            teacher_out = self.teacher_outputs(batch, images)
+            logits, terms = self.step_model(images, batch.labels, progress, teacher_out)
+            loss = sum(terms.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.recipe.train.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.method.parameters(), self.recipe.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss, logits, terms
+
     def train_epoch(self, epoch: int, bar: Progress | None, task: Any) -> dict[str, float]:
-        method, loader, device = self.method, self.train_loader, self.runtime.device
+        loader, device = self.train_loader, self.runtime.device
         seed_everything(self.recipe.train.seed, epoch)
-        method.train()
+        self.method.train()
         steps = len(loader)
         sums: dict[str, torch.Tensor] = {}
         correct = torch.zeros((), device=device)
         seen = 0
-        clip = self.recipe.train.grad_clip
         log_every = self.recipe.train.log_every
         start = time.perf_counter()
         for step, batch in enumerate(loader.batches(epoch)):
-            images = (
-                batch.images.contiguous(memory_format=torch.channels_last)
-                if self.channels_last
-                else batch.images
-            )
-            with autocast_for(device, self.precision):
-                teacher_out = method.teacher_outputs(images)
-                logits, terms = self.step_model(
-                    images, batch.labels, StepProgress(epoch, step, steps), teacher_out
-                )
-                loss = sum(terms.values())
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if clip is not None:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(method.parameters(), clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
+            loss, logits, terms = self.train_step(batch, StepProgress(epoch, step, steps))
             for name, value in terms.items():
                 sums[name] = sums.get(name, torch.zeros((), device=device)) + value.detach().float()
             correct += (logits.detach().argmax(1) == batch.labels).sum()
             seen += batch.labels.numel()
             if (step + 1) % log_every == 0 or step + 1 == steps:
-                current = float(loss.detach())  # the only host read, every log_every steps
+                current = float(loss.detach())  # the loop's host read, every log_every steps
                 if not math.isfinite(current):
                     raise UserError(
                         f"Training diverged (loss {current} at epoch {epoch}, step {step + 1}); "
@@ -354,8 +374,9 @@ def run(
     from kdcompress.report import write_report
 
     console = console or Console(stderr=True)
-    check_run_dir(run_dir, resume)
     runtime = setup_runtime(recipe.train.device)
+    if runtime.is_main:
+        check_run_dir(run_dir, resume)
     prepared = prepare(recipe)
     created = not run_dir.exists()
     try:

@@ -1,9 +1,13 @@
 """Deployable files from a trained student: safetensors + config.json, and ONNX checked by onnxruntime.
 
 The safetensors folder uses timm's own layout (``model.safetensors`` + a timm-style ``config.json``),
-so ``timm.create_model("local-dir:/path/to/folder")`` rebuilds the student with timm alone. The ONNX
-file has a dynamic batch axis, is a single file (no external data), and is only reported as written
-once onnxruntime reproduces PyTorch's logits on random and real inputs.
+so ``timm.create_model("local-dir:/path/to/folder", pretrained=True)`` rebuilds the student with timm
+alone. The ONNX file has a dynamic batch axis, is a single file (no external data), and is only reported
+as written once onnxruntime reproduces PyTorch's logits on random and real inputs (within 1e-4).
+
+``precision="fp16"`` / ``"int8"`` adds ``model.fp16.onnx`` / ``model.int8.onnx`` next to the verified
+fp32 ``model.onnx`` (see :mod:`kdcompress.quantize`); those are compared with the fp32 PyTorch model on
+real validation images, and drift beyond ``max_drop`` points is a warning in the result, not an error.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +25,9 @@ from torch import nn
 from kdcompress import checkpoint
 from kdcompress.errors import UserError
 from kdcompress.models import build_model, load_weights
+
+if TYPE_CHECKING:
+    from kdcompress.quantize import ReducedExport
 
 ONNX_TOLERANCE = 1e-4
 EXPORT_WEIGHTS = "model.safetensors"
@@ -52,6 +59,7 @@ class Student:
 class ExportResult:
     files: dict[str, Path] = field(default_factory=dict)
     parity: dict[str, float] = field(default_factory=dict)  # input name -> max abs difference
+    reduced: ReducedExport | None = None  # the fp16 / int8 file and its comparison with fp32
 
 
 def _find_weights(path: Path) -> tuple[Path, Path]:
@@ -116,12 +124,13 @@ def export_onnx(model: nn.Module, input_size: tuple[int, int, int], path: Path, 
     return path
 
 
-def onnx_session(path: Path):
+def onnx_session(path: Path, providers: list | None = None):
+    """An onnxruntime session (CPU unless ``providers`` says otherwise), quiet below errors."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
 
 
 def onnx_max_difference(path: Path, model: nn.Module, inputs: torch.Tensor) -> float:
@@ -133,19 +142,46 @@ def onnx_max_difference(path: Path, model: nn.Module, inputs: torch.Tensor) -> f
     return float(np.abs(got - expected).max())
 
 
-def real_inputs(student: Student, data_source: str | None, count: int = 16) -> torch.Tensor | None:
-    """A few validation images in the student's input format, or None when no data is reachable."""
+def _student_data(student: Student, source: str, train_limit: int | None, val_limit: int | None):
     from kdcompress.data import load_data
     from kdcompress.recipe import DataSpec
 
+    channels, size, _ = student.input_size
+    spec = DataSpec(
+        source=source, image_size=size, channels=channels, train_limit=train_limit, val_limit=val_limit
+    )
+    return load_data(spec)
+
+
+def real_inputs(student: Student, data_source: str | None, count: int = 16) -> torch.Tensor | None:
+    """A few validation images in the student's input format, or None when no data is reachable."""
     source = data_source or student.data_source
     if source is None:
         return None
-    channels, size, _ = student.input_size
-    spec = DataSpec(source=source, image_size=size, channels=channels, val_limit=count)
-    data = load_data(spec)
+    data = _student_data(student, source, None, count)
     loader = data.val_loader(count, torch.device("cpu"))
     return next(iter(loader.batches())).images
+
+
+def labelled_batches(
+    student: Student, source: str, split: str, count: int, batch_size: int = 64
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Up to ``count`` images of a split (a fixed random subset) with labels, preprocessed exactly as
+    for evaluation during training (resize + normalise, no augmentation), on the CPU."""
+    from kdcompress.data import Loader
+
+    data = _student_data(
+        student, source, count if split == "train" else None, count if split == "val" else None
+    )
+    if split == "val" and data.num_classes != student.config["num_classes"]:
+        raise UserError(
+            f"The model predicts {student.config['num_classes']} classes but '{source}' has "
+            f"{data.num_classes}; verify on the dataset it was trained for (--data)."
+        )
+    part = data.dataset.train if split == "train" else data.dataset.val
+    cpu = torch.device("cpu")
+    loader = Loader(part, data.transform(cpu, train=False), batch_size, cpu, train=False)
+    return [(batch.images, batch.labels) for batch in loader.batches()]
 
 
 def verify_onnx(path: Path, student: Student, data_source: str | None) -> dict[str, float]:
@@ -165,14 +201,76 @@ def verify_onnx(path: Path, student: Student, data_source: str | None) -> dict[s
     return parity
 
 
+def export_reduced(
+    fp32_onnx: Path,
+    student: Student,
+    precision: str,
+    data_source: str | None,
+    int8_mode: str = "auto",
+    calibration_images: int = 256,
+    verify_images: int = 1000,
+    max_drop: float = 1.0,
+) -> ReducedExport:
+    """``model.fp16.onnx`` or ``model.int8.onnx`` next to ``fp32_onnx``, compared with fp32 PyTorch."""
+    from kdcompress import quantize
+
+    source = data_source or student.data_source
+    if source is None:
+        raise UserError(
+            f"--precision {precision} is checked on real validation images; say which with --data SOURCE."
+        )
+    target = fp32_onnx.with_name(f"model.{precision}.onnx")
+    if precision == "fp16":
+        quantize.convert_fp16(fp32_onnx, target)
+        method = "fp16 weights and activations (float32 inputs/outputs)"
+    elif precision == "int8":
+        mode = int8_mode
+        if mode == "auto":
+            mode = quantize.choose_int8_mode(student.model, student.input_size)
+        calibration = None
+        if mode == "static":
+            batches = labelled_batches(student, source, "train", calibration_images, batch_size=32)
+            calibration = [images.numpy() for images, _ in batches]
+            count = sum(len(b) for b in calibration)
+            method = f"int8 static QDQ (per-channel weights, {count} calibration images from the train split)"
+        else:
+            method = "int8 dynamic (MatMul/Gemm weights int8, activations quantized at run time)"
+        quantize.quantize_int8(fp32_onnx, target, mode, calibration)
+    else:
+        raise UserError(f"Unknown precision '{precision}'; use fp32, fp16 or int8.")
+    try:
+        comparison = quantize.compare(
+            target, student.model, labelled_batches(student, source, "val", verify_images)
+        )
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    warning = quantize.drift_warning(precision, comparison, max_drop)
+    return quantize.ReducedExport(precision, method, target, comparison, warning)
+
+
 def export(
     path: str | Path,
     formats: list[str],
     out_dir: str | Path | None = None,
     opset: int = 18,
     data_source: str | None = None,
+    precision: str = "fp32",
+    int8_mode: str = "auto",
+    calibration_images: int = 256,
+    verify_images: int = 1000,
+    max_drop: float = 1.0,
 ) -> ExportResult:
-    """Export a run folder or weights file into ``out_dir`` (default ``<run>/export``)."""
+    """Export a run folder or weights file into ``out_dir`` (default ``<run>/export``).
+
+    ``precision`` other than fp32 needs ONNX among the formats and adds ``model.<precision>.onnx``.
+    """
+    if precision not in ("fp32", "fp16", "int8"):
+        raise UserError(f"Unknown precision '{precision}'; use fp32, fp16 or int8.")
+    if int8_mode not in ("auto", "static", "dynamic"):
+        raise UserError(f"Unknown int8 mode '{int8_mode}'; use auto, static or dynamic.")
+    if precision != "fp32" and "onnx" not in formats:
+        raise UserError(f"--precision {precision} applies to ONNX files; use --format onnx or all.")
     student = load_student(path)
     out = Path(out_dir) if out_dir else student.weights.parent / "export"
     result = ExportResult()
@@ -186,4 +284,16 @@ def export(
             onnx_path.unlink(missing_ok=True)
             raise
         result.files["onnx"] = onnx_path
+        if precision != "fp32":
+            result.reduced = export_reduced(
+                onnx_path,
+                student,
+                precision,
+                data_source,
+                int8_mode,
+                calibration_images,
+                verify_images,
+                max_drop,
+            )
+            result.files[f"onnx-{precision}"] = result.reduced.path
     return result

@@ -87,6 +87,7 @@ class TrainSpec(_Section):
     grad_clip: float | None = Field(default=None, gt=0)
     log_every: int = Field(default=50, gt=0, description="steps between host reads of the loss")
     teacher_cache: bool = False
+    teacher_cache_gb: float = Field(default=4.0, gt=0, description="memory budget of the teacher cache")
 
 
 class ExportSpec(_Section):

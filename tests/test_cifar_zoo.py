@@ -51,6 +51,15 @@ REPRESENTATIVES = (
 _CACHE: dict[str, nn.Module] = {}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _plain_cpu_kernels():
+    """oneDNN spends seconds building kernels for each new conv shape on the first call, which is
+    all these tests make; the plain CPU kernels compute the same thing without that start-up."""
+    with torch.backends.mkldnn.flags(enabled=False):
+        yield
+
+
+
 def _model(name: str) -> nn.Module:
     """One shared instance per architecture (tests that change a model build their own)."""
     if name not in _CACHE:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from kdcompress.cli import demo, deploy, training
+from kdcompress.cli import demo, deploy, recipes, training
 
 app = typer.Typer(
     name="kdcompress",
@@ -14,7 +14,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (demo, training, deploy):
+for module in (demo, training, deploy, recipes):
     module.register(app)
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from kdcompress.cli.common import DataOpt, DeviceOpt, console, guarded
+from kdcompress.cli.common import DataOpt, DeviceOpt, console, err_console, guarded
 from kdcompress.errors import UserError
 
 
@@ -69,6 +69,38 @@ def register(app: typer.Typer) -> None:
         ] = None,
         opset: Annotated[int, typer.Option("--opset", min=11, help="ONNX opset version.")] = 18,
         data: DataOpt = None,
+        precision: Annotated[
+            str,
+            typer.Option(
+                "--precision",
+                help="fp32 | fp16 | int8. fp16/int8 add model.fp16.onnx / model.int8.onnx next to the "
+                "verified fp32 model.onnx, compared with fp32 PyTorch on real validation images.",
+            ),
+        ] = "fp32",
+        int8_mode: Annotated[
+            str,
+            typer.Option(
+                "--int8-mode",
+                help="auto | static | dynamic. static: QDQ calibrated on train images (conv nets); "
+                "dynamic: MatMul/Gemm weights only (transformers, MLPs); auto picks by FLOP share.",
+            ),
+        ] = "auto",
+        calibration_images: Annotated[
+            int, typer.Option("--calibration-images", min=1, help="Train images for int8 static calibration.")
+        ] = 256,
+        verify_images: Annotated[
+            int,
+            typer.Option("--verify-images", min=1, help="Validation images for the fp16/int8 comparison."),
+        ] = 1000,
+        max_drop: Annotated[
+            float,
+            typer.Option(
+                "--max-drop",
+                min=0.0,
+                help="Warn when fp16/int8 top-1 agreement with fp32 is below 100 - this, or accuracy "
+                "falls by more than this (percentage points).",
+            ),
+        ] = 1.0,
     ) -> None:
         """Write deployable files (timm-loadable safetensors + config.json, ONNX verified by onnxruntime)."""
         from kdcompress.export import export
@@ -76,9 +108,35 @@ def register(app: typer.Typer) -> None:
         choices = {"onnx": ["onnx"], "safetensors": ["safetensors"], "all": ["safetensors", "onnx"]}
         if format_ not in choices:
             raise UserError(f"Unknown export format '{format_}'; use onnx, safetensors or all.")
-        result = export(checkpoint, choices[format_], out, opset, data)
+        result = export(
+            checkpoint,
+            choices[format_],
+            out,
+            opset,
+            data,
+            precision=precision,
+            int8_mode=int8_mode,
+            calibration_images=calibration_images,
+            verify_images=verify_images,
+            max_drop=max_drop,
+        )
         for kind, path in result.files.items():
             size = path.stat().st_size / 1e6
             console.print(f"[green]wrote[/] {kind:<12} {path}  ({size:.2f} MB)")
         for name, diff in result.parity.items():
             console.print(f"onnxruntime vs PyTorch on {name} inputs: max |diff| = {diff:.2e}")
+        reduced = result.reduced
+        if reduced is not None:
+            c = reduced.comparison
+            shrink = result.files["onnx"].stat().st_size / max(reduced.path.stat().st_size, 1)
+            console.print(f"{reduced.precision}: {reduced.method}; {shrink:.1f}x smaller than fp32 ONNX")
+            accuracy = ""
+            if c.reference_top1 is not None and c.top1 is not None:
+                accuracy = f"; top-1 {c.reference_top1:.2f}% (fp32) -> {c.top1:.2f}% ({reduced.precision})"
+            console.print(
+                f"{reduced.precision} onnxruntime vs fp32 PyTorch on {c.images} validation images: "
+                f"top-1 agreement {c.agreement:.2f}%, max |diff| = {c.max_abs_diff:.2e}{accuracy}",
+                soft_wrap=True,
+            )
+            if reduced.warning:
+                err_console.print(f"[bold yellow]WARNING:[/] {reduced.warning}", soft_wrap=True)

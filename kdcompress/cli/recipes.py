@@ -1,0 +1,126 @@
+"""``recipes list | show | methods``: the shipped recipes and the registered distillation methods."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.syntax import Syntax
+from rich.table import Table
+
+from kdcompress.cli.common import console, guarded
+
+
+def _format_value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value)) if abs(value) < 1e15 else str(value)
+    return str(value)
+
+
+def method_defaults(config_cls: Any, preset: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A method's options with their (resolved) defaults; required options show as '(required)'."""
+    from pydantic import ValidationError
+    from pydantic_core import PydanticUndefined
+
+    try:
+        return config_cls(**(preset or {})).model_dump(mode="json")
+    except ValidationError:
+        values: dict[str, Any] = {}
+        for name, field in config_cls.model_fields.items():
+            if preset and name in preset:
+                values[name] = preset[name]
+            elif field.default is not PydanticUndefined:
+                values[name] = field.default
+            elif field.default_factory is not None:
+                values[name] = field.default_factory()
+            else:
+                values[name] = "(required)"
+        return values
+
+
+def _options_text(values: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={_format_value(value)}" for key, value in values.items()) or "-"
+
+
+def register(app: typer.Typer) -> None:
+    recipes_app = typer.Typer(
+        help="The shipped recipes (with the paper numbers they target) and the distillation methods.",
+        no_args_is_help=True,
+    )
+
+    @recipes_app.command("list")
+    @guarded
+    def list_command(
+        contains: Annotated[
+            str | None,
+            typer.Argument(help="Only recipes whose name or method contains this text (e.g. cifar100, dkd)."),
+        ] = None,
+    ) -> None:
+        """Table of the shipped recipes: name, teacher -> student, method, paper top-1 and its source."""
+        from kdcompress.recipes_index import list_recipes, recipes_root
+
+        entries = list_recipes()
+        if contains:
+            needle = contains.lower()
+            entries = [e for e in entries if needle in e.name.lower() or needle in e.method.lower()]
+        table = Table(title=f"recipes in {recipes_root()}")
+        for column, justify in (
+            ("name", "left"),
+            ("pair", "left"),
+            ("method", "left"),
+            ("paper top-1", "right"),
+            ("source", "left"),
+        ):
+            table.add_column(column, justify=justify)
+        for entry in entries:
+            top1 = f"{entry.paper_top1:.2f}" if entry.paper_top1 is not None else "-"
+            table.add_row(entry.name, entry.pair, entry.method, top1, entry.paper_source or "-")
+        console.print(table)
+        if not entries:
+            console.print(f"no recipe matches '{contains}'")
+
+    @recipes_app.command("show")
+    @guarded
+    def show_command(
+        name: Annotated[str, typer.Argument(help="Recipe name from `kdcompress recipes list`, or a path.")],
+    ) -> None:
+        """Print a recipe's YAML (highlighted on a terminal, plain when piped)."""
+        from kdcompress.recipes_index import resolve_recipe_path
+
+        path = resolve_recipe_path(name)
+        text = path.read_text()
+        if console.is_terminal:
+            console.print(f"[dim]{path}[/]")
+            console.print(Syntax(text, "yaml", word_wrap=True, background_color="default"))
+        else:
+            typer.echo(text, nl=not text.endswith("\n"))
+
+    @recipes_app.command("methods")
+    @guarded
+    def methods_command() -> None:
+        """Table of the registered methods and aliases, with their options and defaults."""
+        from kdcompress.methods import ALIASES, METHODS
+
+        table = Table(title="distillation methods (set options in the recipe's method section)")
+        table.add_column("method", no_wrap=True)
+        table.add_column("summary")
+        table.add_column("options (defaults)")
+        for name in sorted(METHODS):
+            cls = METHODS[name]
+            table.add_row(name, cls.summary or "-", _options_text(method_defaults(cls.Config)))
+        for alias in sorted(ALIASES):
+            target, preset = ALIASES[alias]
+            cls = METHODS.get(target)
+            if cls is None:
+                continue
+            means = ", ".join(f"{k}={_format_value(v)}" for k, v in preset.items())
+            summary = f"alias: {target} with {means}" if means else f"alias of {target}"
+            table.add_row(alias, summary, _options_text(method_defaults(cls.Config, preset)))
+        console.print(table)
+        console.print("'-' = not used, or (sdd) filled in from the base loss's defaults.")
+
+    app.add_typer(recipes_app, name="recipes")

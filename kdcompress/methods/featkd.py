@@ -1,0 +1,197 @@
+"""``featkd``: logit-free feature distillation with knowledge-quality layer choice (Cooper et al., 2025).
+
+K one-to-one pairs (student layer s_k, teacher layer t_k). Per pair, whichever feature is spatially
+larger is adaptive-average-pooled to the other's size (the student *before* its projector; the teacher
+inside :meth:`FeatKD.teacher_outputs`, so cached teacher features are already small), then a projector
+``P_k`` -- one 1x1 convolution, no bias, no BN, student channels -> teacher channels (a ``Conv1d`` over
+the hidden size for token features) -- maps the student feature, and
+
+    L_feat = (1/K) * sum_k mean((P_k(f_s) - f_t)^2).
+
+No logit loss reaches the backbone: the student's output at its *last* (deepest) distilled layer is
+detached on its way to the rest of the network, and the layers after it (the head) are trained at the
+same time by plain cross-entropy (weight 1). Token features (ViT) are pooled over the token axis when the
+counts differ; a CNN map paired with tokens is compared as a flattened ``[B, C, L]`` sequence.
+
+Layer choice (``align``): ``stages`` (default) pairs the last K stage ends of each model; ``auto`` probes
+the teacher (``kdcompress.probe``: the K highest-Q layers in depth order) on a class-balanced sample of the
+training split and pairs them with the student's K stage ends; ``manual`` uses ``teacher_layers`` and
+``student_layers``. Layers given explicitly are always used (a resumed run keeps the layers its first run
+recorded in ``recipe.yaml``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, PrivateAttr
+from torch import nn
+
+from kdcompress.errors import UserError
+from kdcompress.methods.base import Method, MethodConfig, Progress
+from kdcompress.methods.registry import register
+from kdcompress.models.layers import FeatureTap, channels_first, feature_kind, pool_to, tapped_shapes
+from kdcompress.probe import align_layers
+
+
+class FeatKDConfig(MethodConfig):
+    """Defaults of the paper: K = 4 pairs, stage alignment unless asked to probe, w_feat 1."""
+
+    align: Literal["auto", "manual", "stages"] = "stages"
+    teacher_layers: list[str] | None = None
+    student_layers: list[str] | None = None
+    num_pairs: int = Field(default=4, ge=1)
+    probe_samples: int = Field(default=5000, ge=2)
+    probe_device: str = "auto"
+    w_feat: float = Field(default=1.0, ge=0)
+    cache_teacher_features: bool = False
+    _probe_scores: dict[str, float] | None = PrivateAttr(default=None)
+
+
+class _Pair:
+    """Shapes and layouts of one (student, teacher) pair and the common size they are compared at."""
+
+    def __init__(self, s_shape: tuple[int, ...], t_shape: tuple[int, ...]) -> None:
+        self.s_kind, self.t_kind = feature_kind(s_shape), feature_kind(t_shape)
+        self.as_map = self.s_kind == self.t_kind == "map"
+        s_cf = _cf_shape(s_shape, self.s_kind, self.as_map)
+        t_cf = _cf_shape(t_shape, self.t_kind, self.as_map)
+        self.s_channels, self.t_channels = s_cf[0], t_cf[0]
+        self.size = tuple(min(a, b) for a, b in zip(s_cf[1:], t_cf[1:], strict=True))
+
+    def prepare(self, x: torch.Tensor, kind: str) -> torch.Tensor:
+        """Channels-first, flattened to ``[B, C, L]`` unless both sides are maps, pooled to ``size``."""
+        x = channels_first(x, kind)
+        if not self.as_map:
+            x = x.flatten(2)
+        return pool_to(x, self.size)
+
+
+def _cf_shape(shape: tuple[int, ...], kind: str, as_map: bool) -> tuple[int, ...]:
+    if kind == "map":
+        return shape if as_map else (shape[0], math.prod(shape[1:]))
+    if kind == "tokens":
+        return (shape[1], shape[0])
+    return (shape[0], 1)
+
+
+@register
+class FeatKD(Method):
+    name = "featkd"
+    summary = "logit-free feature KD at K layer pairs (knowledge-quality probe with --align auto)"
+    Config = FeatKDConfig
+
+    @classmethod
+    def resolve_config(cls, config, data, student, teacher):
+        fmt = data.fmt
+        alignment = align_layers(
+            config.align,
+            teacher,
+            student,
+            (fmt.channels, fmt.size, fmt.size),
+            config.num_pairs,
+            teacher_layers=config.teacher_layers,
+            student_layers=config.student_layers,
+            data=data,
+            probe_samples=config.probe_samples,
+            probe_device=config.probe_device,
+            method="featkd",
+        )
+        resolved = config.model_copy(
+            update={
+                "teacher_layers": alignment.teacher_layers,
+                "student_layers": alignment.student_layers,
+                "num_pairs": len(alignment.teacher_layers),
+            }
+        )
+        if alignment.probe is not None:
+            scores = alignment.probe.scores()
+            resolved._probe_scores = {name: scores[name] for name in alignment.teacher_layers}
+        return resolved
+
+    def __init__(self, student, teacher, config: FeatKDConfig, example: torch.Tensor):
+        if config.align == "auto" and not config.teacher_layers:
+            raise UserError(
+                "featkd with --align auto chooses its layers from the training data: build it through "
+                "FeatKD.resolve_config (as `kdcompress distill` does) or name the layers."
+            )
+        alignment = align_layers(
+            config.align,
+            teacher,
+            student,
+            tuple(example.shape[1:]),
+            config.num_pairs,
+            teacher_layers=config.teacher_layers,
+            student_layers=config.student_layers,
+            method="featkd",
+        )
+        config = config.model_copy(
+            update={
+                "teacher_layers": alignment.teacher_layers,
+                "student_layers": alignment.student_layers,
+                "num_pairs": len(alignment.teacher_layers),
+            }
+        )
+        super().__init__(student, teacher, config, example)
+        self.teacher_layers = list(alignment.teacher_layers)
+        self.student_layers = list(alignment.student_layers)
+        s_shapes = tapped_shapes(student, self.student_layers, example)
+        t_shapes = tapped_shapes(teacher, self.teacher_layers, example)
+        self.pairs = [
+            _Pair(s_shapes[s], t_shapes[t]) for s, t in zip(self.student_layers, self.teacher_layers, strict=True)
+        ]
+        conv = [nn.Conv2d if p.as_map else nn.Conv1d for p in self.pairs]
+        self.projectors = nn.ModuleList(
+            c(p.s_channels, p.t_channels, kernel_size=1, bias=False) for c, p in zip(conv, self.pairs, strict=True)
+        )
+        self.detach_layer = self._deepest(student, self.student_layers, example)
+
+    @staticmethod
+    def _deepest(model: nn.Module, names: list[str], example: torch.Tensor) -> str:
+        """The student layer whose output is produced last in a forward pass."""
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                tap = FeatureTap(model, names)
+                tap.run(example)
+        finally:
+            model.train(was_training)
+        return tap.order[-1] if tap.order else names[-1]
+
+    def teacher_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The teacher's K features, pooled to each pair's common size; no grad (safe to cache)."""
+        tap = FeatureTap(self.teacher, self.teacher_layers, stop_after_last=True)
+        with torch.inference_mode():
+            tap.run(images)
+            feats = tuple(
+                pair.prepare(tap.features[name], pair.t_kind)
+                for pair, name in zip(self.pairs, self.teacher_layers, strict=True)
+            )
+        return tuple(f.clone() for f in feats)
+
+    def forward(self, images, labels, progress: Progress, teacher_out):
+        tap = FeatureTap(self.student, self.student_layers, replace={self.detach_layer: torch.Tensor.detach})
+        with tap:
+            logits = self.student(images)
+        total = torch.zeros((), device=logits.device, dtype=torch.float32)
+        for pair, projector, name, target in zip(
+            self.pairs, self.projectors, self.student_layers, teacher_out, strict=True
+        ):
+            projected = projector(pair.prepare(tap.features[name], pair.s_kind))
+            total = total + F.mse_loss(projected.float(), target.float())
+        feat = self.config.w_feat * total / len(self.pairs)
+        return logits, {"feat": feat, "ce": F.cross_entropy(logits, labels)}
+
+    def extra_state_for_report(self) -> dict[str, Any]:
+        facts: dict[str, Any] = {
+            "align": self.config.align,
+            "layer_pairs": [f"{t} <- {s}" for t, s in zip(self.teacher_layers, self.student_layers, strict=True)],
+            "detached_at": self.detach_layer,
+        }
+        if self.config._probe_scores:
+            facts["teacher_layer_quality"] = {k: round(v, 4) for k, v in self.config._probe_scores.items()}
+        return facts

@@ -1,0 +1,112 @@
+"""``fitnet``: FitNets hints (Romero et al.), the baseline feature-KD method.
+
+``L = CE + w * mean((C(f_s) - f_t)^2)`` at one hint pair (student layer s, teacher layer t). The
+connector ``C`` is a 1x1 convolution + BN from the student's channels to the teacher's (``Conv1d`` + BN
+over the hidden size for token features), with the student map average-pooled (larger) or
+interpolated (smaller) to the teacher's spatial size. ``w = 100`` and the hint at the middle stage end
+(index 2 of stem, layer1, layer2, layer3 for the CIFAR ResNets) are mdistiller's CIFAR defaults
+(``FITNET.LOSS.FEAT_WEIGHT = 100``, ``FITNET.HINT_LAYER = 2``).
+
+``align``: ``stages`` (default) uses the middle stage end of each model; ``auto`` takes the teacher
+layer with the highest knowledge quality Q (``kdcompress.probe``) and the student's middle stage end;
+``manual`` needs ``teacher_layer`` and ``student_layer``. Layers given explicitly are always used.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, PrivateAttr
+
+from kdcompress.errors import UserError
+from kdcompress.methods.base import Method, MethodConfig, Progress
+from kdcompress.methods.registry import register
+from kdcompress.models.layers import Connector, FeatureTap, tapped_shapes
+from kdcompress.probe import Alignment, align_layers
+
+
+class FitNetConfig(MethodConfig):
+    """mdistiller's CIFAR FitNet config: CE weight 1, feature weight 100, the middle stage as hint."""
+
+    w: float = Field(default=100.0, ge=0)
+    align: Literal["auto", "manual", "stages"] = "stages"
+    teacher_layer: str | None = None
+    student_layer: str | None = None
+    probe_samples: int = Field(default=5000, ge=2)
+    probe_device: str = "auto"
+    cache_teacher_features: bool = False
+    _probe_score: float | None = PrivateAttr(default=None)
+
+
+def _align(config: FitNetConfig, teacher, student, input_shape, data=None) -> Alignment:
+    return align_layers(
+        config.align,
+        teacher,
+        student,
+        input_shape,
+        1,
+        teacher_layers=[config.teacher_layer] if config.teacher_layer else None,
+        student_layers=[config.student_layer] if config.student_layer else None,
+        default="middle",
+        data=data,
+        probe_samples=config.probe_samples,
+        probe_device=config.probe_device,
+        method="fitnet",
+    )
+
+
+@register
+class FitNet(Method):
+    name = "fitnet"
+    summary = "FitNets hint: CE + w * MSE(connector(student feature), teacher feature)"
+    Config = FitNetConfig
+
+    @classmethod
+    def resolve_config(cls, config, data, student, teacher):
+        fmt = data.fmt
+        alignment = _align(config, teacher, student, (fmt.channels, fmt.size, fmt.size), data)
+        resolved = config.model_copy(
+            update={"teacher_layer": alignment.teacher_layers[0], "student_layer": alignment.student_layers[0]}
+        )
+        if alignment.probe is not None:
+            resolved._probe_score = alignment.probe.scores()[alignment.teacher_layers[0]]
+        return resolved
+
+    def __init__(self, student, teacher, config: FitNetConfig, example: torch.Tensor):
+        if config.align == "auto" and not config.teacher_layer:
+            raise UserError(
+                "fitnet with --align auto chooses its hint from the training data: build it through "
+                "FitNet.resolve_config (as `kdcompress distill` does) or name the layers."
+            )
+        alignment = _align(config, teacher, student, tuple(example.shape[1:]))
+        config = config.model_copy(
+            update={"teacher_layer": alignment.teacher_layers[0], "student_layer": alignment.student_layers[0]}
+        )
+        super().__init__(student, teacher, config, example)
+        self.teacher_layer = config.teacher_layer
+        self.student_layer = config.student_layer
+        s_shape = tapped_shapes(student, [self.student_layer], example)[self.student_layer]
+        t_shape = tapped_shapes(teacher, [self.teacher_layer], example)[self.teacher_layer]
+        self.connector = Connector(s_shape, t_shape, norm=True)
+
+    def teacher_outputs(self, images: torch.Tensor) -> torch.Tensor:
+        """The teacher's hint feature (the teacher stops right after that layer); no grad."""
+        tap = FeatureTap(self.teacher, [self.teacher_layer], stop_after_last=True)
+        with torch.inference_mode():
+            tap.run(images)
+            feature = tap.features[self.teacher_layer]
+        return feature.clone()
+
+    def forward(self, images, labels, progress: Progress, teacher_out):
+        with FeatureTap(self.student, [self.student_layer]) as tap:
+            logits = self.student(images)
+        hint = F.mse_loss(self.connector(tap.features[self.student_layer]).float(), teacher_out.float())
+        return logits, {"ce": F.cross_entropy(logits, labels), "hint": self.config.w * hint}
+
+    def extra_state_for_report(self) -> dict[str, Any]:
+        facts: dict[str, Any] = {"align": self.config.align, "hint": f"{self.teacher_layer} <- {self.student_layer}"}
+        if self.config._probe_score is not None:
+            facts["teacher_layer_quality"] = round(self.config._probe_score, 4)
+        return facts

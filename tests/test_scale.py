@@ -1,0 +1,118 @@
+"""Speed features that must not change results: the teacher cache and DDP over gloo (2 processes)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from kdcompress import checkpoint, engine
+from kdcompress.recipe import validate_recipe
+from kdcompress.teacher_cache import TeacherCache
+from tests.conftest import tiny_recipe
+
+
+def weights(run_dir):
+    return checkpoint.load_tensors(run_dir / "last" / "student.safetensors")
+
+
+def test_cache_returns_what_the_teacher_computes_with_partial_hits():
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5)).eval()
+    images = torch.randn(6, 3, 2, 2)
+
+    def compute(x):
+        with torch.inference_mode():
+            return {"logits": teacher(x), "twice": 2 * teacher(x)}
+
+    cache = TeacherCache(num_samples=4, num_views=3, device=torch.device("cpu"), max_bytes=1e6)
+    indices, views = torch.tensor([0, 1, 2, 3, 0, 1]), torch.tensor([0, 0, 0, 0, 1, 2])
+    first = cache.fetch(images[:3], indices[:3], views[:3], compute)  # all misses
+    both = cache.fetch(images, indices, views, compute)  # 3 hits, 3 misses
+    assert cache.hits == 3 and cache.lookups == 9
+    expected = compute(images)
+    for key in ("logits", "twice"):
+        torch.testing.assert_close(both[key], expected[key], rtol=0, atol=1e-6)
+        torch.testing.assert_close(first[key], expected[key][:3], rtol=0, atol=1e-6)
+
+
+def test_cache_refuses_to_exceed_its_budget():
+    from kdcompress.errors import UserError
+
+    cache = TeacherCache(num_samples=1000, num_views=162, device=torch.device("cpu"), max_bytes=1e3)
+    with pytest.raises(UserError, match="teacher_cache_gb"):
+        cache.fetch(torch.randn(2, 3), torch.tensor([0, 1]), torch.tensor([0, 0]), lambda x: x)
+
+
+@pytest.mark.parametrize("augment", ["none", "crop_flip"])
+def test_cached_teacher_trains_like_the_live_teacher(tmp_path, teacher_run, augment):
+    def recipe(cache: bool):
+        return validate_recipe(
+            tiny_recipe(
+                "cifar_resnet8",
+                "kd",
+                teacher={"arch": "cifar_resnet14", "weights": str(teacher_run)},
+                train={"epochs": 3, "teacher_cache": cache},
+                data={"augment": augment, "crop_padding": 1},
+            )
+        )
+
+    engine.run(recipe(False), tmp_path / "live", quiet=True)
+    engine.run(recipe(True), tmp_path / "cached", quiet=True)
+    live, cached = weights(tmp_path / "live"), weights(tmp_path / "cached")
+    for key in live:
+        torch.testing.assert_close(cached[key], live[key], rtol=1e-4, atol=1e-5)
+
+
+def test_ddp_two_gloo_processes_match_one_process(tmp_path):
+    """Same global batch (64 = 2 x 32): DDP's averaged gradients equal the single-process ones.
+
+    A LayerNorm model (timm test_vit) keeps the comparison exact in principle: BatchNorm would use
+    per-process statistics, which legitimately differ from full-batch ones.
+    """
+    args = [
+        "train",
+        "--model",
+        "test_vit",
+        "--data",
+        "digits",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--set",
+        "data.train_limit=256",
+        "--set",
+        "data.val_limit=64",
+        "--set",
+        "student.kwargs={img_size: 8, patch_size: 4}",
+        "--set",
+        "optim.lr=0.05",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run(
+        [sys.executable, "-m", "kdcompress", *args, "--out", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert single.returncode == 0, single.stderr
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    ddp = subprocess.run(
+        [*launcher, "-m", "kdcompress", *args, "--out", str(tmp_path / "two")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=2e-5)
+    metrics = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 2  # rank 0 alone writes
