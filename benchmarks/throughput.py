@@ -42,7 +42,12 @@ METHODS = ["kd", "dkd", "sd-kd", "sd-dkd", "luminet"]
 def make_trainer(pair: dict, method: str, device: str, batch: int, cache: bool = False) -> engine.Trainer:
     recipe = {
         "student": {"arch": pair["student"]},
-        "data": {"source": "synthetic:100", "image_size": pair["size"], "train_limit": 4 * batch, "val_limit": 16},
+        "data": {
+            "source": "synthetic:100",
+            "image_size": pair["size"],
+            "train_limit": 4 * batch,
+            "val_limit": 16,
+        },
         "method": {"name": method},
         "train": {"device": device, "batch_size": batch, "epochs": 1, "teacher_cache": cache},
     }
@@ -147,7 +152,9 @@ def main() -> None:
             batch = args.cpu_batch_224
         rows += bench_pair(name, pair, args.device, args.rounds, args.iters, batch)
     machine = {
-        "device": torch.cuda.get_device_name() if runtime.device.type == "cuda" else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name()
+        if runtime.device.type == "cuda"
+        else platform.processor() or "cpu",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }

@@ -281,6 +281,7 @@ def measure_model(
     val_limit: int | None,
     notes: list[str],
     opset: int = 18,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """One entry of the ``models`` list of the bench JSON."""
     model = bm.model.eval().cpu()
@@ -317,7 +318,7 @@ def measure_model(
                 if note not in notes:
                     notes.append(note)
                 continue
-            session = _session(session_path, providers)
+            session = _session(session_path, providers, threads)
             for batch in batch_sizes:
                 inputs = torch.randn(batch, *bm.input_size)
                 latency = onnx_latency(session, inputs, warmup, repeats)
@@ -328,11 +329,13 @@ def measure_model(
     return entry
 
 
-def _session(path: Path, providers: list):
+def _session(path: Path, providers: list, threads: int | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), options, providers=providers)
 
 
@@ -381,8 +384,12 @@ def run_bench(
     input_size: tuple[int, int, int] | None = None,
     num_classes: int | None = None,
     val_limit: int | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """Measure one model, or a teacher and a student, and return the bench JSON document."""
+    """Measure one model, or a teacher and a student, and return the bench JSON document.
+
+    ``threads`` sets the CPU threads of PyTorch and onnxruntime for the measurement (default: their own
+    defaults, usually one per core)."""
     if not 1 <= len(specs) <= 2:
         raise UserError("Pass one model, or a teacher and a student, to benchmark.")
     if repeats < 1 or not batch_sizes or min(batch_sizes) < 1:
@@ -393,27 +400,35 @@ def run_bench(
     roles = ["teacher", "student"] if len(models) == 2 else ["model"]
     notes: list[str] = []
     entries = []
-    with tempfile.TemporaryDirectory(prefix="kdcompress-bench-") as tmp:
-        for bm, role in zip(models, roles, strict=True):
-            entries.append(
-                measure_model(
-                    bm,
-                    role,
-                    devices,
-                    list(batch_sizes),
-                    repeats,
-                    warmup,
-                    with_onnx,
-                    Path(tmp),
-                    data,
-                    val_limit,
-                    notes,
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="kdcompress-bench-") as tmp:
+            for bm, role in zip(models, roles, strict=True):
+                entries.append(
+                    measure_model(
+                        bm,
+                        role,
+                        devices,
+                        list(batch_sizes),
+                        repeats,
+                        warmup,
+                        with_onnx,
+                        Path(tmp),
+                        data,
+                        val_limit,
+                        notes,
+                        threads=threads,
+                    )
                 )
-            )
+        machine = machine_info()
+    finally:
+        torch.set_num_threads(previous_threads)
     return {
         "models": entries,
         "ratios": compare_models(entries[0], entries[1]) if len(entries) == 2 else {},
-        "machine": machine_info(),
+        "machine": machine,
         "settings": {
             "batch_sizes": list(batch_sizes),
             "repeats": repeats,
@@ -422,6 +437,7 @@ def run_bench(
             "onnx": with_onnx,
             "data": data,
             "val_limit": val_limit,
+            "threads": threads,
         },
         "notes": notes,
     }

@@ -27,12 +27,20 @@ STATE_FILE = "state.pt"
 LAST_DIR = "last"
 
 
+def _default_mode() -> int:
+    """The mode a plain ``open()`` would give a new file (mkstemp's 0600 is wrong for shipped files)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -41,6 +49,10 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 def write_text(path: Path, text: str) -> None:
     _atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    _atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -23,7 +23,7 @@ from kdcompress.recipe import Recipe, validate_recipe
 
 TEACHER_ARCH = "resnet18"
 STUDENT_ARCH = "cifar_resnet8"
-_DATA = {"source": "digits", "image_size": 32}
+_DATA = {"source": "digits", "image_size": 16}
 _TRAIN = {"device": "cpu", "batch_size": 64, "seed": 0, "log_every": 10}
 MARKER = ".kdcompress-demo"
 

@@ -166,7 +166,10 @@ class Trainer:
             device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
             self.step_model = nn.parallel.DistributedDataParallel(self.method, device_ids=device_ids)
         if train.compile:
-            self.step_model = torch.compile(self.step_model)
+            self.step_model = torch.compile(self.step_model, mode=train.compile_mode)
+            if prepared.teacher is not None:
+                # The teacher is held outside the module tree, so it is compiled on its own.
+                self.method.__dict__["teacher"] = torch.compile(prepared.teacher, mode=train.compile_mode)
         self.optimizer = build_optimizer(self.method, self.recipe.optim, runtime)
         self.scheduler = build_scheduler(
             self.optimizer, self.recipe.schedule, train.epochs, len(self.train_loader)
@@ -204,6 +207,12 @@ class Trainer:
         self.method.load_state_dict(state["method_extra"], strict=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        # A resumed run may change train.epochs; the stored LR belongs to the old schedule, so set the
+        # LR the (possibly new) schedule gives at this step before the first update.
+        for group, base_lr, factor in zip(
+            self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas, strict=True
+        ):
+            group["lr"] = base_lr * factor(self.scheduler.last_epoch)
         self.scaler.load_state_dict(state["scaler"])
         self.start_epoch = state["epoch"] + 1
         self.best_top1, self.best_epoch = state["best_top1"], state["best_epoch"]

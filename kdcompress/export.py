@@ -201,6 +201,15 @@ def verify_onnx(path: Path, student: Student, data_source: str | None) -> dict[s
     return parity
 
 
+def _reduced_source(student: Student, precision: str, data_source: str | None) -> str:
+    source = data_source or student.data_source
+    if source is None:
+        raise UserError(
+            f"--precision {precision} is checked on real validation images; say which with --data SOURCE."
+        )
+    return source
+
+
 def export_reduced(
     fp32_onnx: Path,
     student: Student,
@@ -210,15 +219,15 @@ def export_reduced(
     calibration_images: int = 256,
     verify_images: int = 1000,
     max_drop: float = 1.0,
+    verify_batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> ReducedExport:
-    """``model.fp16.onnx`` or ``model.int8.onnx`` next to ``fp32_onnx``, compared with fp32 PyTorch."""
+    """``model.fp16.onnx`` or ``model.int8.onnx`` next to ``fp32_onnx``, compared with fp32 PyTorch on
+    ``verify_batches`` (default: up to ``verify_images`` validation images of the data source)."""
     from kdcompress import quantize
 
-    source = data_source or student.data_source
-    if source is None:
-        raise UserError(
-            f"--precision {precision} is checked on real validation images; say which with --data SOURCE."
-        )
+    source = _reduced_source(student, precision, data_source)
+    if verify_batches is None:
+        verify_batches = labelled_batches(student, source, "val", verify_images)
     target = fp32_onnx.with_name(f"model.{precision}.onnx")
     if precision == "fp16":
         quantize.convert_fp16(fp32_onnx, target)
@@ -239,9 +248,7 @@ def export_reduced(
     else:
         raise UserError(f"Unknown precision '{precision}'; use fp32, fp16 or int8.")
     try:
-        comparison = quantize.compare(
-            target, student.model, labelled_batches(student, source, "val", verify_images)
-        )
+        comparison = quantize.compare(target, student.model, verify_batches)
     except BaseException:
         target.unlink(missing_ok=True)
         raise
@@ -273,6 +280,10 @@ def export(
         raise UserError(f"--precision {precision} applies to ONNX files; use --format onnx or all.")
     student = load_student(path)
     out = Path(out_dir) if out_dir else student.weights.parent / "export"
+    verify_batches = None
+    if precision != "fp32":  # a missing or mismatched dataset is reported before anything is written
+        source = _reduced_source(student, precision, data_source)
+        verify_batches = labelled_batches(student, source, "val", verify_images)
     result = ExportResult()
     if "safetensors" in formats:
         result.files["safetensors"] = export_safetensors(student, out)
@@ -294,6 +305,7 @@ def export(
                 calibration_images,
                 verify_images,
                 max_drop,
+                verify_batches,
             )
             result.files[f"onnx-{precision}"] = result.reduced.path
     return result

@@ -240,7 +240,10 @@ def probe_layers(
         else:
             probed = candidates
         if not 1 <= top_k <= len(probed):
-            raise UserError(f"--top-k must be between 1 and the {len(probed)} probed layers, got {top_k}.")
+            raise UserError(
+                f"Cannot choose {top_k} layers (--top-k / num_pairs) from the {len(probed)} probed layers; "
+                f"use 1..{len(probed)}."
+            )
 
         labels_all = data.dataset.train.labels
         if torch.unique(labels_all).numel() < 2:
@@ -412,7 +415,9 @@ def align_layers(
         else:
             t_names = defaults(teacher)
     if s_names is None:
-        s_names = stage_end_layers(student, len(t_names), input_shape) if default != "middle" else defaults(student)
+        s_names = (
+            stage_end_layers(student, len(t_names), input_shape) if default != "middle" else defaults(student)
+        )
     if len(t_names) != len(s_names):
         raise UserError(
             f"{method} pairs layers one-to-one but got {len(t_names)} teacher and {len(s_names)} student "

@@ -267,6 +267,7 @@ def drift_warning(precision: str, comparison: Comparison, max_drop: float) -> st
     if not problems:
         return None
     return (
-        f"The {precision} model drifts more than {max_drop:g} point(s) from fp32 on {comparison.images} "
+        f"The {precision} model drifts more than {max_drop:g} percentage point{'' if max_drop == 1 else 's'} "
+        f"from fp32 on {comparison.images} "
         f"validation images: {'; '.join(problems)}."
     )

@@ -83,6 +83,9 @@ class TrainSpec(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool | None = Field(default=None, description="default: on for CUDA")
     compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
+        default="default", description="reduce-overhead captures CUDA graphs (small-batch recipes)"
+    )
     seed: int = 0
     grad_clip: float | None = Field(default=None, gt=0)
     log_every: int = Field(default=50, gt=0, description="steps between host reads of the loss")

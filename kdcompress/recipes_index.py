@@ -87,7 +87,9 @@ def read_entry(path: Path, root: Path) -> RecipeEntry:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise UserError(f"Recipe file '{path}' is not valid YAML ({exc.__class__.__name__}); fix it.") from exc
+        raise UserError(
+            f"Recipe file '{path}' is not valid YAML ({exc.__class__.__name__}); fix it."
+        ) from exc
     if not isinstance(data, dict):
         raise UserError(f"Recipe file '{path}' must hold a mapping at the top level.")
     paper = _section(data, "paper")

@@ -1,8 +1,23 @@
-"""``report.md``: what a run did and how well, readable without any tool."""
+"""``report.md`` (and ``curves.png`` next to it): what a run did and how well, readable without any tool.
+
+The report holds the recipe in brief, teacher vs student accuracy, the compression the student buys
+(parameters, FLOPs per image, CPU latency at batch 1), the paper's number when the recipe carries one,
+the method's own facts (e.g. the layers a feature method aligned), the per-epoch table and the
+training curves. FLOPs and latency are measured on freshly built copies of the two architectures (the
+weights do not change either), with a few timed calls only, so writing the report takes about a second
+for small models. Latency is single-threaded: comparable across machines and unaffected by
+whatever else the host is running.
+"""
 
 from __future__ import annotations
 
+import io
+import json
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from kdcompress import checkpoint
 from kdcompress.recipe import Recipe
@@ -10,36 +25,232 @@ from kdcompress.recipe import Recipe
 if TYPE_CHECKING:
     from kdcompress.engine import RunResult
 
+CURVES_FILE = "curves.png"
+LATENCY_BUDGET_S = 0.3  # per model: the timed calls stop after about this long (at least 3 calls)
+
 
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def write_report(result: RunResult, recipe: Recipe, method_facts: dict[str, Any]) -> None:
-    """Write the run's markdown report (atomically, like every run file)."""
-    lines = [
-        f"# kdcompress run: {recipe.student.arch} ({recipe.method.name})",
-        "",
-        "| | architecture | parameters | val top-1 (%) |",
-        "|---|---|---:|---:|",
-    ]
+def _si(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.2f} {prefix}"
+    return f"{value:.0f}"
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+# ---- measurements --------------------------------------------------------------------------------------
+
+
+def _quick_latency_ms(model: torch.nn.Module, inputs: torch.Tensor) -> float:
+    """Median batch latency from a handful of calls, bounded by LATENCY_BUDGET_S."""
+    from kdcompress.bench import torch_latency
+
+    model.eval()
+    with torch.inference_mode():
+        start = time.perf_counter()
+        model(inputs)  # warm-up, and a first estimate of the cost
+        first = time.perf_counter() - start
+    repeats = int(min(10, max(3, LATENCY_BUDGET_S / max(first, 1e-6))))
+    return torch_latency(model, inputs, warmup=1, repeats=repeats).median_ms
+
+
+def measure_models(recipe: Recipe, config: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """FLOPs per image and CPU latency at batch 1 for the student and (when there is one) the teacher."""
+    from kdcompress.bench import count_flops
+    from kdcompress.models import build_model
+
+    input_size = tuple(int(v) for v in config["pretrained_cfg"]["input_size"])
+    num_classes = int(config["num_classes"])
+    roles = {"student": recipe.student}
     if recipe.teacher is not None:
+        roles["teacher"] = recipe.teacher
+    out: dict[str, dict[str, float | None]] = {}
+    gen = torch.Generator().manual_seed(0)
+    inputs = torch.randn(1, *input_size, generator=gen)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # single-thread latency: comparable across machines and busy hosts
+    try:
+        for role, spec in roles.items():
+            model = build_model(spec.arch, num_classes, input_size[0], **spec.kwargs).eval()
+            out[role] = {
+                "flops": float(count_flops(model, input_size)),  # type: ignore[arg-type]
+                "latency_ms": _quick_latency_ms(model, inputs),
+            }
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+# ---- curves ------------------------------------------------------------------------------------------
+
+
+def plot_curves(
+    history: list[dict[str, Any]],
+    path: Path,
+    teacher_top1: float | None = None,
+    paper_top1: float | None = None,
+) -> bool:
+    """Loss terms (left) and train/val top-1 (right) per epoch as a PNG; False when there is no history."""
+    if not history:
+        return False
+    from matplotlib.figure import Figure  # the Agg canvas, no pyplot state, no display needed
+
+    epochs = [row["epoch"] for row in history]
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    terms = sorted({k for row in history for k in row if k.startswith("loss_")})
+    for key in terms:
+        loss_ax.plot(epochs, [row.get(key, float("nan")) for row in history], marker="o", label=key[5:])
+    if len(terms) != 1:
+        loss_ax.plot(epochs, [row["loss"] for row in history], marker="o", color="black", label="total")
+    if any("val_loss" in row for row in history):
+        values = [row.get("val_loss", float("nan")) for row in history]
+        loss_ax.plot(epochs, values, marker="s", linestyle="--", color="grey", label="val CE")
+    loss_ax.set(title="training loss (weighted terms)", xlabel="epoch", ylabel="loss")
+    loss_ax.legend(fontsize="small")
+    loss_ax.grid(alpha=0.3)
+    acc_ax.plot(epochs, [row["train_top1"] for row in history], marker="o", label="train top-1")
+    acc_ax.plot(epochs, [row["val_top1"] for row in history], marker="o", label="val top-1")
+    if teacher_top1 is not None:
+        acc_ax.axhline(teacher_top1, linestyle="--", color="tab:red", label=f"teacher {teacher_top1:.2f}%")
+    if paper_top1 is not None:
+        acc_ax.axhline(paper_top1, linestyle=":", color="tab:purple", label=f"paper {paper_top1:.2f}%")
+    acc_ax.set(title="top-1 accuracy", xlabel="epoch", ylabel="%")
+    acc_ax.legend(fontsize="small")
+    acc_ax.grid(alpha=0.3)
+    for ax in (loss_ax, acc_ax):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    checkpoint.write_bytes(path, buffer.getvalue())
+    return True
+
+
+# ---- the report ----------------------------------------------------------------------------------------
+
+
+def _fact(value: Any) -> str:
+    if isinstance(value, str | int | float | bool) or value is None:
+        return str(value)
+    return "`" + json.dumps(value) + "`"
+
+
+def _recipe_summary(recipe: Recipe, config: dict[str, Any] | None) -> list[str]:
+    options = recipe.method_options()
+    method = recipe.method.name + (
+        " (" + ", ".join(f"{k}={_fact(v)}" for k, v in options.items()) + ")" if options else ""
+    )
+    data = recipe.data.source
+    if config is not None:
+        c, h, w = config["pretrained_cfg"]["input_size"]
+        data += f", {c}x{h}x{w} inputs"
+    limits = [
+        f"{k}={v}" for k, v in (("train", recipe.data.train_limit), ("val", recipe.data.val_limit)) if v
+    ]
+    if limits:
+        data += f" (limited: {', '.join(limits)})"
+    teacher = "none"
+    if recipe.teacher is not None:
+        teacher = recipe.teacher.arch + (
+            f" (weights: {recipe.teacher.weights})" if recipe.teacher.weights else ""
+        )
+    optim, schedule, train = recipe.optim, recipe.schedule, recipe.train
+    rows = [
+        ("student", recipe.student.arch),
+        ("teacher", teacher),
+        ("method", method),
+        ("data", data),
+        (
+            "training",
+            f"{train.epochs} epochs, batch {train.batch_size}, precision {train.precision}, "
+            f"seed {train.seed}",
+        ),
+        (
+            "optimizer",
+            f"{optim.name}, lr {optim.lr:g}, weight decay {optim.weight_decay:g}, {schedule.name} schedule",
+        ),
+    ]
+    return ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+
+
+def write_report(result: RunResult, recipe: Recipe, method_facts: dict[str, Any]) -> None:
+    """Write the run's markdown report and ``curves.png`` (atomically, like every run file)."""
+    run_dir = Path(result.run_dir)
+    config_file = run_dir / checkpoint.CONFIG_FILE
+    config = checkpoint.read_config(run_dir) if config_file.is_file() else None
+    measured: dict[str, dict[str, float | None]] = {}
+    measure_note = ""
+    if config is not None:
+        try:
+            measured = measure_models(recipe, config)
+        except Exception as exc:  # an exotic op must not cost the user the report of a finished run
+            measure_note = f"FLOPs and latency could not be measured ({type(exc).__name__}: {exc})."
+    student, teacher = measured.get("student", {}), measured.get("teacher", {})
+    has_teacher = recipe.teacher is not None
+    title = f"# kdcompress run: {recipe.student.arch} ({recipe.method.name}"
+    lines = [title + (f" from {recipe.teacher.arch})" if has_teacher else ")"), ""]
+    lines += ["## Recipe", "", *_recipe_summary(recipe, config), ""]
+
+    lines += [
+        "## Results",
+        "",
+        "| | architecture | parameters | FLOPs / image | CPU latency, batch 1 (ms) | val top-1 (%) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    if has_teacher:
         lines.append(
-            f"| teacher | {recipe.teacher.arch} | {result.teacher_params:,} | {_fmt(result.teacher_top1)} |"
+            f"| teacher | {recipe.teacher.arch} | {_si(result.teacher_params)} | {_si(teacher.get('flops'))} "
+            f"| {_fmt(teacher.get('latency_ms'))} | {_fmt(result.teacher_top1)} |"
         )
     lines.append(
-        f"| student (best, epoch {result.best_epoch}) | {recipe.student.arch} | {result.student_params:,} "
-        f"| {_fmt(result.best_top1)} |"
+        f"| student (best, epoch {result.best_epoch}) | {recipe.student.arch} | {_si(result.student_params)} "
+        f"| {_si(student.get('flops'))} | {_fmt(student.get('latency_ms'))} | {_fmt(result.best_top1)} |"
     )
-    if result.teacher_params:
-        lines += ["", f"Compression: {result.teacher_params / result.student_params:.1f}x fewer parameters."]
+    if has_teacher:
+        params_x = _ratio(result.teacher_params, result.student_params)
+        flops_x = _ratio(teacher.get("flops"), student.get("flops"))
+        speed_x = _ratio(teacher.get("latency_ms"), student.get("latency_ms"))
+        delta = None if result.teacher_top1 is None else result.best_top1 - result.teacher_top1
+        lines.append(
+            f"| teacher / student | | {_fmt(params_x, 1)}x | {_fmt(flops_x, 1)}x "
+            f"| {_fmt(speed_x, 1)}x faster | {'n/a' if delta is None else f'{delta:+.2f} points'} |"
+        )
+    lines.append("")
+    summary = f"Last epoch val top-1: {_fmt(result.last_top1)}%."
+    if has_teacher and result.teacher_params and result.student_params:
+        summary = (
+            f"The student has {result.teacher_params / result.student_params:.1f}x fewer parameters than the "
+            f"teacher. " + summary
+        )
+    lines.append(summary)
+    lines.append(
+        "FLOPs: one forward pass of one image (a multiply-add is 2 FLOPs). Latency: PyTorch fp32 eager, "
+        "one CPU thread, median of a few calls on a random image; `kdcompress bench` measures carefully."
+    )
+    if measure_note:
+        lines.append(measure_note)
+
     if recipe.paper and recipe.paper.top1 is not None:
+        gap = result.best_top1 - recipe.paper.top1
         lines += [
             "",
-            f"Paper reports {recipe.paper.top1:.2f}% ({recipe.paper.source or 'source not given'}).",
+            f"Paper: {recipe.paper.top1:.2f}% ({recipe.paper.source or 'source not given'}); this run "
+            f"{result.best_top1:.2f}% ({gap:+.2f} points).",
         ]
     if method_facts:
-        lines += ["", "## Method", ""] + [f"- {k}: {v}" for k, v in method_facts.items()]
+        lines += ["", "## Method", ""] + [f"- {k}: {_fact(v)}" for k, v in method_facts.items()]
+
+    paper_top1 = recipe.paper.top1 if recipe.paper else None
+    if plot_curves(result.history, run_dir / CURVES_FILE, result.teacher_top1, paper_top1):
+        lines += ["", "## Training curves", "", f"![loss terms and top-1 per epoch]({CURVES_FILE})"]
     lines += [
         "",
         "## Epochs",
@@ -52,5 +263,5 @@ def write_report(result: RunResult, recipe: Recipe, method_facts: dict[str, Any]
             f"| {row['epoch']} | {row['loss']:.4f} | {row['train_top1']:.2f} | {row['val_top1']:.2f} "
             f"| {row['images_per_second']:.0f} |"
         )
-    lines += ["", "## Recipe", "", "```yaml", recipe.to_yaml().rstrip(), "```", ""]
-    checkpoint.write_text(result.run_dir / "report.md", "\n".join(lines))
+    lines += ["", "## Full recipe", "", "```yaml", recipe.to_yaml().rstrip(), "```", ""]
+    checkpoint.write_text(run_dir / "report.md", "\n".join(lines))

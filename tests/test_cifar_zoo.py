@@ -51,15 +51,6 @@ REPRESENTATIVES = (
 _CACHE: dict[str, nn.Module] = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _plain_cpu_kernels():
-    """oneDNN spends seconds building kernels for each new conv shape on the first call, which is
-    all these tests make; the plain CPU kernels compute the same thing without that start-up."""
-    with torch.backends.mkldnn.flags(enabled=False):
-        yield
-
-
-
 def _model(name: str) -> nn.Module:
     """One shared instance per architecture (tests that change a model build their own)."""
     if name not in _CACHE:
@@ -686,11 +677,10 @@ def test_drop_rate_and_unknown_kwargs():
     + ["cifar_shufflev1", "cifar_shufflev2", "cifar_resnet18"],
 )
 def test_grey_input(name):
-    model = timm.create_model(name, in_chans=1, num_classes=10)
+    model = timm.create_model(name, in_chans=1, num_classes=10).eval()
     assert model.get_submodule(model.pretrained_cfg["first_conv"]).in_channels == 1
-    out = model(torch.randn(2, 1, 28, 28))  # Fashion-MNIST sized
-    assert out.shape == (2, 10)
-    out.sum().backward()
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)  # Fashion-MNIST sized
 
 
 def test_features_only():
@@ -703,7 +693,7 @@ def test_features_only():
 # ---------------------------------------------------------------------------------------------
 # Weights: state-dict round trip and local files through timm's pretrained loader.
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", REPRESENTATIVES[:-1])
+@pytest.mark.parametrize("name", ["cifar_resnet8", "cifar_wrn_16_1", "cifar_vgg8", "cifar_mobilenetv2"])
 def test_state_dict_round_trip(name, tmp_path):
     source = _model(name).eval()
     _randomize_bn(source)

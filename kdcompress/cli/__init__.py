@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from kdcompress.cli import demo, deploy, recipes, training
+from kdcompress.cli import bench, demo, deploy, probe, recipes, training
 
 app = typer.Typer(
     name="kdcompress",
@@ -14,7 +14,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (demo, training, deploy, recipes):
+for module in (demo, training, deploy, recipes, probe, bench):
     module.register(app)
 
 

@@ -129,7 +129,9 @@ def register(app: typer.Typer) -> None:
         if reduced is not None:
             c = reduced.comparison
             shrink = result.files["onnx"].stat().st_size / max(reduced.path.stat().st_size, 1)
-            console.print(f"{reduced.precision}: {reduced.method}; {shrink:.1f}x smaller than fp32 ONNX")
+            console.print(
+                f"{reduced.precision}: {reduced.method}; {shrink:.1f}x smaller than fp32 ONNX", soft_wrap=True
+            )
             accuracy = ""
             if c.reference_top1 is not None and c.top1 is not None:
                 accuracy = f"; top-1 {c.reference_top1:.2f}% (fp32) -> {c.top1:.2f}% ({reduced.precision})"

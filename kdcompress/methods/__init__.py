@@ -1,6 +1,6 @@
 """Distillation methods, one small module each, registered by name."""
 
-from kdcompress.methods import ce, dkd, kd, luminet, nkd, sdd, blockkd, featkd, fitnet  # noqa: F401  (registration side effects)
+from kdcompress.methods import blockkd, ce, dkd, featkd, fitnet, kd, luminet, nkd, sdd  # noqa: F401  (registration side effects)
 from kdcompress.methods.base import Method, MethodConfig, Progress, freeze, warmup_factor
 from kdcompress.methods.registry import ALIASES, METHODS, register, register_alias, resolve_method
 

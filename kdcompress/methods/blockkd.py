@@ -124,7 +124,9 @@ class BlockKD(Method):
         task = sum(w * F.cross_entropy(z, labels) for z, w in weighted)
         distill = sum(w * losses.kd(z, teacher_out, temperature) for z, w in weighted)
         ensemble = torch.stack([z.float() for z in stones]).mean(0).detach()
-        cross = losses.kd(logits, ensemble, temperature) + sum(losses.kd(z, ensemble, temperature) for z in stones)
+        cross = losses.kd(logits, ensemble, temperature) + sum(
+            losses.kd(z, ensemble, temperature) for z in stones
+        )
         return logits, {"task": cfg.a * task, "distill": cfg.b * distill, "cross": cfg.c * cross}
 
     def extra_state_for_report(self) -> dict[str, Any]:

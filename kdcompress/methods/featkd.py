@@ -141,13 +141,20 @@ class FeatKD(Method):
         s_shapes = tapped_shapes(student, self.student_layers, example)
         t_shapes = tapped_shapes(teacher, self.teacher_layers, example)
         self.pairs = [
-            _Pair(s_shapes[s], t_shapes[t]) for s, t in zip(self.student_layers, self.teacher_layers, strict=True)
+            _Pair(s_shapes[s], t_shapes[t])
+            for s, t in zip(self.student_layers, self.teacher_layers, strict=True)
         ]
         conv = [nn.Conv2d if p.as_map else nn.Conv1d for p in self.pairs]
         self.projectors = nn.ModuleList(
-            c(p.s_channels, p.t_channels, kernel_size=1, bias=False) for c, p in zip(conv, self.pairs, strict=True)
+            c(p.s_channels, p.t_channels, kernel_size=1, bias=False)
+            for c, p in zip(conv, self.pairs, strict=True)
         )
         self.detach_layer = self._deepest(student, self.student_layers, example)
+        # Built once (not nn.Modules, so nothing is registered); hooks are attached per call only.
+        self.__dict__["_student_tap"] = FeatureTap(
+            student, self.student_layers, replace={self.detach_layer: torch.Tensor.detach}
+        )
+        self.__dict__["_teacher_tap"] = FeatureTap(teacher, self.teacher_layers, stop_after_last=True)
 
     @staticmethod
     def _deepest(model: nn.Module, names: list[str], example: torch.Tensor) -> str:
@@ -164,17 +171,18 @@ class FeatKD(Method):
 
     def teacher_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The teacher's K features, pooled to each pair's common size; no grad (safe to cache)."""
-        tap = FeatureTap(self.teacher, self.teacher_layers, stop_after_last=True)
+        tap = self._teacher_tap
         with torch.inference_mode():
             tap.run(images)
             feats = tuple(
                 pair.prepare(tap.features[name], pair.t_kind)
                 for pair, name in zip(self.pairs, self.teacher_layers, strict=True)
             )
+        tap.features = {}
         return tuple(f.clone() for f in feats)
 
     def forward(self, images, labels, progress: Progress, teacher_out):
-        tap = FeatureTap(self.student, self.student_layers, replace={self.detach_layer: torch.Tensor.detach})
+        tap = self._student_tap
         with tap:
             logits = self.student(images)
         total = torch.zeros((), device=logits.device, dtype=torch.float32)
@@ -183,13 +191,16 @@ class FeatKD(Method):
         ):
             projected = projector(pair.prepare(tap.features[name], pair.s_kind))
             total = total + F.mse_loss(projected.float(), target.float())
+        tap.features = {}  # drop the references (the graph keeps what backward needs)
         feat = self.config.w_feat * total / len(self.pairs)
         return logits, {"feat": feat, "ce": F.cross_entropy(logits, labels)}
 
     def extra_state_for_report(self) -> dict[str, Any]:
         facts: dict[str, Any] = {
             "align": self.config.align,
-            "layer_pairs": [f"{t} <- {s}" for t, s in zip(self.teacher_layers, self.student_layers, strict=True)],
+            "layer_pairs": [
+                f"{t} <- {s}" for t, s in zip(self.teacher_layers, self.student_layers, strict=True)
+            ],
             "detached_at": self.detach_layer,
         }
         if self.config._probe_scores:

@@ -68,7 +68,10 @@ class FitNet(Method):
         fmt = data.fmt
         alignment = _align(config, teacher, student, (fmt.channels, fmt.size, fmt.size), data)
         resolved = config.model_copy(
-            update={"teacher_layer": alignment.teacher_layers[0], "student_layer": alignment.student_layers[0]}
+            update={
+                "teacher_layer": alignment.teacher_layers[0],
+                "student_layer": alignment.student_layers[0],
+            }
         )
         if alignment.probe is not None:
             resolved._probe_score = alignment.probe.scores()[alignment.teacher_layers[0]]
@@ -82,7 +85,10 @@ class FitNet(Method):
             )
         alignment = _align(config, teacher, student, tuple(example.shape[1:]))
         config = config.model_copy(
-            update={"teacher_layer": alignment.teacher_layers[0], "student_layer": alignment.student_layers[0]}
+            update={
+                "teacher_layer": alignment.teacher_layers[0],
+                "student_layer": alignment.student_layers[0],
+            }
         )
         super().__init__(student, teacher, config, example)
         self.teacher_layer = config.teacher_layer
@@ -90,23 +96,29 @@ class FitNet(Method):
         s_shape = tapped_shapes(student, [self.student_layer], example)[self.student_layer]
         t_shape = tapped_shapes(teacher, [self.teacher_layer], example)[self.teacher_layer]
         self.connector = Connector(s_shape, t_shape, norm=True)
+        self.__dict__["_student_tap"] = FeatureTap(student, [self.student_layer])
+        self.__dict__["_teacher_tap"] = FeatureTap(teacher, [self.teacher_layer], stop_after_last=True)
 
     def teacher_outputs(self, images: torch.Tensor) -> torch.Tensor:
         """The teacher's hint feature (the teacher stops right after that layer); no grad."""
-        tap = FeatureTap(self.teacher, [self.teacher_layer], stop_after_last=True)
+        tap = self._teacher_tap
         with torch.inference_mode():
             tap.run(images)
-            feature = tap.features[self.teacher_layer]
+            feature = tap.features.pop(self.teacher_layer)
         return feature.clone()
 
     def forward(self, images, labels, progress: Progress, teacher_out):
-        with FeatureTap(self.student, [self.student_layer]) as tap:
+        with self._student_tap as tap:
             logits = self.student(images)
-        hint = F.mse_loss(self.connector(tap.features[self.student_layer]).float(), teacher_out.float())
+        feature = tap.features.pop(self.student_layer)
+        hint = F.mse_loss(self.connector(feature).float(), teacher_out.float())
         return logits, {"ce": F.cross_entropy(logits, labels), "hint": self.config.w * hint}
 
     def extra_state_for_report(self) -> dict[str, Any]:
-        facts: dict[str, Any] = {"align": self.config.align, "hint": f"{self.teacher_layer} <- {self.student_layer}"}
+        facts: dict[str, Any] = {
+            "align": self.config.align,
+            "hint": f"{self.teacher_layer} <- {self.student_layer}",
+        }
         if self.config._probe_score is not None:
             facts["teacher_layer_quality"] = round(self.config._probe_score, 4)
         return facts

@@ -66,7 +66,8 @@ class SDDConfig(MethodConfig):
     )
     rule: Literal["code", "paper"] = Field(
         default="code",
-        description="complementary regions: code = correctness differs from global, paper = prediction differs",
+        description="complementary regions: code = correctness differs from the global view's, "
+        "paper = predicted class differs",
     )
     complementary_weight: float = Field(default=2.0, ge=0, description="weight of complementary regions")
     temperature: float | None = Field(default=None, gt=0)
@@ -105,7 +106,9 @@ class SDDConfig(MethodConfig):
     @classmethod
     def _valid_scales(cls, value: list[int]) -> list[int]:
         if not value or value[0] != 1:
-            raise ValueError("scales must start with 1 (region 0 is the global view), e.g. [1, 2] or [1, 2, 4]")
+            raise ValueError(
+                "scales must start with 1 (region 0 is the global view), e.g. [1, 2] or [1, 2, 4]"
+            )
         if any(s <= 0 for s in value) or len(set(value)) != len(value):
             raise ValueError("scales must be distinct positive grid sizes")
         return value

@@ -216,7 +216,9 @@ class FeatureTap:
                 self.remove()
 
 
-def tapped_shapes(model: nn.Module, names: Sequence[str], example: torch.Tensor) -> dict[str, tuple[int, ...]]:
+def tapped_shapes(
+    model: nn.Module, names: Sequence[str], example: torch.Tensor
+) -> dict[str, tuple[int, ...]]:
     """Per-sample output shapes of the named layers for ``example`` (eval mode, no grad, mode restored)."""
     was_training = model.training
     model.eval()
@@ -353,7 +355,10 @@ def _trace(model: nn.Module, x: torch.Tensor, watch_inputs: set[str]) -> _Trace:
     try:
         with torch.no_grad():
             run = getattr(model, "forward_features", None)
-            trace.final = _first_tensor(run(x) if callable(run) else None)
+            if callable(run):
+                trace.final = _first_tensor(run(x))
+            else:  # not a timm-style model: every module of the forward is a candidate source
+                model(x)
     finally:
         for handle in handles:
             handle.remove()

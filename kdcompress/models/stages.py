@@ -8,22 +8,20 @@ split trains the student, and running the teacher's stages keeps its weights unt
 Each supported family is described once by its *units* in forward order (the modules between the stem
 and the head) and which units end a *natural stage*:
 
-================================  =============================  ==========================  ===========
-family                            stem                           units (natural stages)      head
-================================  =============================  ==========================  ===========
-CIFAR ResNet / ResNet(v2) / WRN   conv1 [bn1 relu]               layer1..  / block1..        [bn1 relu] +
-ShuffleNetV1 / V2                 conv1 bn1 relu                 layer1..3                   [conv2 bn2 relu] +
-CIFAR VGG                         (none)                         block_i (+ its max-pool)    forward_head
-CIFAR MobileNetV2                 conv1                          blocks.0..6, stages end at  conv2 +
-                                                                 the feature_info blocks
-timm ResNet (ResNet, ResNeXt,     conv1 bn1 act1 maxpool         layer1..4                   forward_head
-SE-ResNet, Wide ResNet ...)
-timm MobileNetV2/V3, EfficientNet conv_stem bn1                  blocks.0..6, stages end at  [conv_head bn2] +
-                                                                 the feature_info blocks     forward_head
-timm ConvNeXt                     stem                           stages.0..3                 norm_pre +
-timm ViT (VisionTransformer)      patch_embed, pos-embed,        blocks.0..L-1 (each block   norm +
-                                  patch_drop, norm_pre           is a unit)                  forward_head
-================================  =============================  ==========================  ===========
+- CIFAR ResNet / ResNet(v2) / ShuffleNetV1 / ShuffleNetV2: stem ``conv1 bn1 relu``; units ``layer1..``;
+  head ``forward_head`` (ShuffleNetV2: ``conv2 bn2`` + ReLU first).
+- CIFAR WRN: stem ``conv1``; units ``block1..3``; head ``bn1 relu`` + ``forward_head``.
+- CIFAR VGG: no stem; units ``block_i`` with their max-pool (``pool3`` only for 64x64 inputs, as
+  published); head ``forward_head``.
+- CIFAR MobileNetV2: stem ``conv1``; units ``blocks.0..6``, natural stages end at the blocks
+  ``feature_info`` names; head ``conv2`` + ``forward_head``.
+- timm ResNet-like (ResNet, ResNeXt, SE-ResNet, Wide ResNet ...): stem ``conv1 bn1 act1 maxpool``; units
+  ``layer1..4``; head ``forward_head``.
+- timm MobileNetV2/V3, EfficientNet: stem ``conv_stem bn1``; units ``blocks.0..6``, natural stages end at
+  the ``feature_info`` blocks; head ``[conv_head bn2]`` (EfficientNet) + ``forward_head``.
+- timm ConvNeXt: stem ``stem``; units ``stages.0..3``; head ``norm_pre`` + ``forward_head``.
+- timm ViT: stem ``patch_embed``, class/register tokens + position embedding, ``patch_drop``,
+  ``norm_pre``; units ``blocks.0..L-1`` (every block); head ``norm`` + ``forward_head``.
 
 Splitting into ``n`` stages: a ViT's blocks are cut into ``n`` groups of (nearly) equal size; other
 families have ``m`` natural stages and need ``n <= m``; when ``n < m`` the earliest stages are merged
@@ -187,10 +185,14 @@ def _timm_layout(model: nn.Module) -> _Layout | None:
         units = [_seq(model, [n]) for n in names]
         ends = _ends_from_feature_info(model, names)
         before = ["conv_head", "bn2"] if isinstance(model, EfficientNet) else []
-        return _Layout(type(model).__name__, _seq(model, ["conv_stem", "bn1"]), units, ends, _head(model, before))
+        return _Layout(
+            type(model).__name__, _seq(model, ["conv_stem", "bn1"]), units, ends, _head(model, before)
+        )
     if isinstance(model, ConvNeXt):
         units = [_seq(model, [f"stages.{i}"]) for i in range(len(model.stages))]
-        return _Layout("ConvNeXt", _seq(model, ["stem"]), units, [True] * len(units), _head(model, ["norm_pre"]))
+        return _Layout(
+            "ConvNeXt", _seq(model, ["stem"]), units, [True] * len(units), _head(model, ["norm_pre"])
+        )
     if isinstance(model, VisionTransformer):
         stem = Chain(
             [model.patch_embed, model._pos_embed, model.patch_drop, model.norm_pre],
@@ -240,7 +242,9 @@ def split_stages(model: nn.Module, n: int | None = None, role: str = "model") ->
         count = len(layout.units)
         n = count if n is None else n
         if not 1 <= n <= count:
-            raise UserError(f"The {role} has {count} blocks; it can be split into 1..{count} stages, not {n}.")
+            raise UserError(
+                f"The {role} has {count} blocks; it can be split into 1..{count} stages, not {n}."
+            )
         bounds = [0] + [math.ceil((i + 1) * count / n) for i in range(n)]
         groups = [list(range(bounds[i], bounds[i + 1])) for i in range(n)]
     else:

@@ -1,0 +1,180 @@
+"""Deployment files: timm-only reloading, ONNX parity, fp16 / int8 drift checks, the export command.
+
+One real ONNX export (the slow part, ~5 s) is made by the ``int8_export`` fixture through the CLI and
+reused: the fp16 and dynamic-int8 checks convert that same fp32 file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+import kdcompress  # noqa: F401  (registers the cifar_* zoo with timm)
+from kdcompress import checkpoint
+from kdcompress.cli import app
+from kdcompress.export import Student, export_reduced, export_safetensors, load_student, onnx_session
+from kdcompress.quantize import Comparison, choose_int8_mode, drift_warning
+
+
+@pytest.fixture(scope="module")
+def int8_export(teacher_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """``kdcompress export RUN --precision int8`` (static QDQ) into a fresh folder: (folder, output)."""
+    from typer.testing import CliRunner
+
+    out = tmp_path_factory.mktemp("export") / "int8"
+    args = ["export", str(teacher_run), "--out", str(out), "--precision", "int8", "--data", "digits"]
+    args += ["--verify-images", "200", "--calibration-images", "64"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def _logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return model.eval()(x)
+
+
+# ---- safetensors + config.json, loaded by timm alone ----------------------------------------------------
+
+
+def test_zoo_student_loads_with_timm_alone(int8_export, teacher_run):
+    folder, _ = int8_export
+    reference = load_student(teacher_run)
+    x = torch.randn(3, *reference.input_size, generator=torch.Generator().manual_seed(0))
+    expected = _logits(reference.model, x)
+    by_dir = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    config = json.loads((folder / "config.json").read_text())
+    by_file = timm.create_model(
+        config["architecture"],
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(folder / "model.safetensors")),
+        num_classes=config["num_classes"],
+        in_chans=config["model_args"]["in_chans"],
+    )
+    assert torch.equal(_logits(by_dir, x), expected)
+    assert torch.equal(_logits(by_file, x), expected)
+    data_cfg = timm.data.resolve_data_config({}, model=by_dir)
+    assert tuple(data_cfg["input_size"]) == reference.input_size
+    assert list(data_cfg["mean"]) == config["pretrained_cfg"]["mean"]
+
+
+def test_timm_architecture_loads_with_timm_alone(tmp_path):
+    model = timm.create_model("resnet18", num_classes=7, in_chans=1).eval()
+    config = checkpoint.model_config("resnet18", 7, 1, 16, (0.5,), (0.25,))
+    export_safetensors(Student(model, config, tmp_path / "unused"), tmp_path)
+    x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    expected = _logits(model, x)
+    by_dir = timm.create_model(f"local-dir:{tmp_path}", pretrained=True)
+    # timm's own archs know 1000 ImageNet classes: the overlay states the file's classes and channels
+    # (config.json's pretrained_cfg holds both), or timm would drop the classifier as "adapted".
+    saved = json.loads((tmp_path / "config.json").read_text())
+    by_file = timm.create_model(
+        "resnet18",
+        pretrained=True,
+        pretrained_cfg_overlay=dict(saved["pretrained_cfg"], file=str(tmp_path / "model.safetensors")),
+        num_classes=7,
+        in_chans=1,
+    )
+    assert torch.equal(_logits(by_dir, x), expected)
+    assert torch.equal(_logits(by_file, x), expected)
+
+
+# ---- ONNX: fp32 parity, int8 and fp16 drift -----------------------------------------------------------
+
+
+def test_fp32_onnx_matches_pytorch(int8_export, teacher_run):
+    folder, output = int8_export
+    assert "on real inputs: max |diff|" in output and "on random inputs: max |diff|" in output
+    reference = load_student(teacher_run)
+    session = onnx_session(folder / "model.onnx")
+    assert session.get_inputs()[0].shape[0] == "batch"
+    x = torch.randn(5, *reference.input_size, generator=torch.Generator().manual_seed(2))
+    got = session.run(None, {"input": x.numpy()})[0]
+    assert np.abs(got - _logits(reference.model, x).numpy()).max() < 1e-4
+
+
+def test_int8_static_is_smaller_and_agrees(int8_export, teacher_run):
+    folder, output = int8_export
+    assert choose_int8_mode(load_student(teacher_run).model, (1, 8, 8)) == "static"  # a conv net
+    fp32, int8 = folder / "model.onnx", folder / "model.int8.onnx"
+    assert int8.is_file() and int8.stat().st_size < 0.5 * fp32.stat().st_size
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format
+    line = next(line for line in output.splitlines() if "top-1 agreement" in line)
+    assert "int8 onnxruntime vs fp32 PyTorch on 200 validation images" in line
+    agreement = float(line.split("top-1 agreement ")[1].split("%")[0])
+    assert agreement >= 80.0, line
+    assert "max |diff|" in line and "(fp32) ->" in line and "static QDQ" in output
+
+
+def test_fp16_and_dynamic_int8_from_the_same_fp32_file(int8_export, teacher_run, tmp_path):
+    folder, _ = int8_export
+    shutil.copy(folder / "model.onnx", tmp_path / "model.onnx")
+    student = load_student(teacher_run)
+    fp16 = export_reduced(tmp_path / "model.onnx", student, "fp16", "digits", verify_images=100)
+    assert fp16.path == tmp_path / "model.fp16.onnx" and fp16.path.is_file()
+    session = onnx_session(fp16.path)
+    assert session.get_inputs()[0].type == "tensor(float)"  # float32 in and out, fp16 inside
+    c = fp16.comparison
+    assert c.images == 100 and c.agreement >= 95.0 and 0 < c.max_abs_diff < 0.1
+    assert c.reference_top1 is not None and abs(c.top1 - c.reference_top1) <= 5.0
+    dynamic = export_reduced(
+        tmp_path / "model.onnx", student, "int8", "digits", int8_mode="dynamic", verify_images=50
+    )
+    assert "dynamic" in dynamic.method and dynamic.comparison.images == 50
+    assert dynamic.to_dict()["agreement"] == dynamic.comparison.agreement
+
+
+def test_drift_beyond_the_threshold_is_a_warning_with_numbers():
+    close = Comparison(400, 99.5, 0.05, 0.01, 90.0, 89.75)
+    assert drift_warning("int8", close, max_drop=1.0) is None
+    far = Comparison(400, 97.0, 0.9, 0.1, 90.0, 87.5)
+    warning = drift_warning("int8", far, max_drop=1.0)
+    assert "97.00%" in warning and "90.00% to 87.50%" in warning and "400" in warning
+
+
+# ---- the command's error paths -------------------------------------------------------------------------
+
+
+def test_parity_failure_exits_2_with_one_sentence(runner, teacher_run, int8_export, tmp_path, monkeypatch):
+    import kdcompress.export as export_module
+
+    folder, _ = int8_export
+
+    def fake_export(model, input_size, path, opset):  # reuse the fixture's file: no second export
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(folder / "model.onnx", path)
+        return path
+
+    monkeypatch.setattr(export_module, "export_onnx", fake_export)
+    monkeypatch.setattr(export_module, "onnx_max_difference", lambda path, model, x: 0.5)
+    out = tmp_path / "bad"
+    result = runner.invoke(app, ["export", str(teacher_run), "--format", "onnx", "--out", str(out)])
+    assert result.exit_code == 2
+    message = result.output.strip()
+    assert message.startswith("error:") and "differs from PyTorch by 5.00e-01" in message
+    assert len(message.splitlines()) == 1
+    assert not (out / "model.onnx").exists()  # an unverified file is not left behind
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--format", "safetensors", "--precision", "int8"], "applies to ONNX"),
+        (["--precision", "int4"], "Unknown precision 'int4'"),
+        (["--precision", "int8", "--int8-mode", "weird"], "Unknown int8 mode 'weird'"),
+        (["--precision", "fp16", "--data", "synthetic:5"], "predicts 10 classes but 'synthetic:5' has 5"),
+    ],
+)
+def test_bad_precision_options_exit_2(runner, teacher_run, tmp_path, args, needle):
+    result = runner.invoke(app, ["export", str(teacher_run), "--out", str(tmp_path / "x"), *args])
+    assert result.exit_code == 2 and needle in result.output
+    assert not (tmp_path / "x").exists()
