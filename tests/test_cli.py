@@ -176,3 +176,13 @@ def test_help_everywhere_and_python_dash_m():
         )
         assert done.returncode == 0, done.stderr
         assert "Usage" in done.stdout
+
+
+def test_distill_from_a_shipped_recipe_name(runner, tmp_path, teacher_run):
+    out = tmp_path / "quick"
+    overrides = ["--set", f"teacher.weights={teacher_run}", "--set", "teacher.arch=cifar_resnet14"]
+    result = runner.invoke(app, ["distill", "--recipe", "quickstart", *overrides, *TINY, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "name: kd" in (out / "recipe.yaml").read_text()
+    result = runner.invoke(app, ["distill", "--recipe", "quickstrat", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "Did you mean 'quickstart'" in result.output

@@ -39,7 +39,12 @@ def guarded(command: F) -> F:
 
 
 RecipeOpt = Annotated[
-    Path | None, typer.Option("--recipe", help="YAML recipe to start from (flags and --set override it).")
+    str | None,
+    typer.Option(
+        "--recipe",
+        help="YAML recipe file, or a shipped recipe name from `kdcompress recipes list` "
+        "(e.g. cifar100/resnet32x4-resnet8x4/dkd); flags and --set override it.",
+    ),
 ]
 SetOpt = Annotated[
     list[str] | None,

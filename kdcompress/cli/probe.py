@@ -14,7 +14,7 @@ from kdcompress.errors import UserError
 
 
 def _recipe(
-    recipe_file: Path | None,
+    recipe_file: str | None,
     teacher: str | None,
     teacher_weights: str | None,
     data: str | None,
@@ -22,8 +22,10 @@ def _recipe(
     overrides: list[str] | None,
 ):
     from kdcompress.recipe import build_recipe, read_yaml
+    from kdcompress.recipes_index import resolve_recipe_path
 
-    base = read_yaml(recipe_file) if recipe_file else {}
+    recipe_path = resolve_recipe_path(recipe_file) if recipe_file else None
+    base = read_yaml(recipe_path) if recipe_path else {}
     flags: dict[str, Any] = {
         "teacher": {"arch": teacher, "weights": teacher_weights},
         "data": {"source": data},
@@ -32,7 +34,7 @@ def _recipe(
     if not (isinstance(base.get("student"), dict) and base["student"].get("arch")):
         # The probe needs no student; the recipe schema does, so the teacher stands in.
         flags["student"] = {"arch": teacher or (base.get("teacher") or {}).get("arch") or "unused"}
-    recipe = build_recipe(recipe_file, flags, overrides)
+    recipe = build_recipe(recipe_path, flags, overrides)
     if recipe.teacher is None or not recipe.teacher.arch:
         raise UserError(
             "Say which teacher to probe with --teacher ARCH (and its weights with --teacher-weights)."

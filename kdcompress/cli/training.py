@@ -26,10 +26,11 @@ from kdcompress.cli.common import (
 )
 from kdcompress.errors import UserError
 from kdcompress.recipe import build_recipe, merge
+from kdcompress.recipes_index import resolve_recipe_path
 
 
 def _run(
-    recipe_file: Path | None,
+    recipe_file: str | Path | None,
     flags: dict[str, Any],
     overrides: list[str] | None,
     out: Path | None,
@@ -40,7 +41,9 @@ def _run(
 
     if out is None:
         raise UserError("Say where the run goes with --out DIR.")
-    if resume and recipe_file is None and (out / "recipe.yaml").is_file():
+    if recipe_file is not None:
+        recipe_file = resolve_recipe_path(recipe_file)
+    elif resume and (out / "recipe.yaml").is_file():
         recipe_file = out / "recipe.yaml"  # a resumed run keeps its recipe; flags and --set still apply
     recipe = build_recipe(recipe_file, flags, overrides)
     result = engine.run(recipe, out, resume=resume, console=err_console, quiet=quiet)
