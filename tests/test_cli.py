@@ -169,13 +169,14 @@ def test_existing_run_folder_is_protected(runner, teacher_run):
     assert result.exit_code == 2 and "--resume" in result.output
 
 
-def test_help_everywhere_and_python_dash_m():
-    for command in ([], ["train"], ["distill"], ["eval"], ["export"], ["demo"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "kdcompress", *command, "--help"], capture_output=True, text=True
-        )
-        assert done.returncode == 0, done.stderr
-        assert "Usage" in done.stdout
+def test_help_everywhere_and_python_dash_m(runner):
+    commands = ["train", "distill", "eval", "export", "demo", "bench", "probe-layers", "recipes"]
+    for command in commands:
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.output, command
+    done = subprocess.run([sys.executable, "-m", "kdcompress", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert all(command in done.stdout for command in commands)
 
 
 def test_distill_from_a_shipped_recipe_name(runner, tmp_path, teacher_run):
