@@ -166,10 +166,12 @@ class Trainer:
             device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
             self.step_model = nn.parallel.DistributedDataParallel(self.method, device_ids=device_ids)
         if train.compile:
-            self.step_model = torch.compile(self.step_model, mode=train.compile_mode)
+            # Compile the networks in place, not the method: the loss math is cheap, and a method's
+            # warm-up factor (a Python float that changes every epoch or step) would otherwise force a
+            # recompile each time. In-place compilation also keeps state-dict keys unchanged.
+            prepared.student.compile(mode=train.compile_mode)
             if prepared.teacher is not None:
-                # The teacher is held outside the module tree, so it is compiled on its own.
-                self.method.__dict__["teacher"] = torch.compile(prepared.teacher, mode=train.compile_mode)
+                prepared.teacher.compile(mode=train.compile_mode)
         self.optimizer = build_optimizer(self.method, self.recipe.optim, runtime)
         self.scheduler = build_scheduler(
             self.optimizer, self.recipe.schedule, train.epochs, len(self.train_loader)

@@ -46,6 +46,11 @@ RecipeOpt = Annotated[
         "(e.g. cifar100/resnet32x4-resnet8x4/dkd); flags and --set override it.",
     ),
 ]
+TeacherOpt = Annotated[str | None, typer.Option("--teacher", help="Teacher architecture.")]
+TeacherWeightsOpt = Annotated[
+    str | None,
+    typer.Option("--teacher-weights", help="Teacher weights: .safetensors, .pth/.pt, or a run folder."),
+]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option(

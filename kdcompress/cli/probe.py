@@ -9,7 +9,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from kdcompress.cli.common import DataOpt, DeviceOpt, RecipeOpt, SetOpt, console, err_console, guarded
+from kdcompress.cli.common import (
+    DataOpt,
+    DeviceOpt,
+    RecipeOpt,
+    SetOpt,
+    TeacherOpt,
+    TeacherWeightsOpt,
+    console,
+    err_console,
+    guarded,
+)
 from kdcompress.errors import UserError
 
 
@@ -93,13 +103,8 @@ def register(app: typer.Typer) -> None:
     @app.command("probe-layers")
     @guarded
     def probe_layers_command(
-        teacher: Annotated[str | None, typer.Option("--teacher", help="Teacher architecture.")] = None,
-        teacher_weights: Annotated[
-            str | None,
-            typer.Option(
-                "--teacher-weights", help="Teacher weights: .safetensors, .pth/.pt, or a run folder."
-            ),
-        ] = None,
+        teacher: TeacherOpt = None,
+        teacher_weights: TeacherWeightsOpt = None,
         data: DataOpt = None,
         samples: Annotated[
             int, typer.Option("--samples", min=2, help="Class-balanced training samples to probe.")

@@ -19,6 +19,8 @@ from kdcompress.cli.common import (
     ResumeOpt,
     SeedOpt,
     SetOpt,
+    TeacherOpt,
+    TeacherWeightsOpt,
     console,
     err_console,
     guarded,
@@ -81,13 +83,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @guarded
     def distill(
-        teacher: Annotated[str | None, typer.Option("--teacher", help="Teacher architecture.")] = None,
-        teacher_weights: Annotated[
-            str | None,
-            typer.Option(
-                "--teacher-weights", help="Teacher weights: .safetensors, .pth/.pt, or a run folder."
-            ),
-        ] = None,
+        teacher: TeacherOpt = None,
+        teacher_weights: TeacherWeightsOpt = None,
         student: Annotated[str | None, typer.Option("--student", help="Student architecture.")] = None,
         method: Annotated[
             str | None,
