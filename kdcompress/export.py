@@ -25,6 +25,7 @@ from torch import nn
 from kdcompress import checkpoint
 from kdcompress.errors import UserError
 from kdcompress.models import build_model, load_weights
+from kdcompress.recipe import ExportSpec
 
 if TYPE_CHECKING:
     from kdcompress.quantize import ReducedExport
@@ -74,6 +75,19 @@ def _find_weights(path: Path) -> tuple[Path, Path]:
     if path.is_file():
         return path, path.parent
     raise UserError(f"'{path}' does not exist; pass a kdcompress run folder or its student.safetensors.")
+
+
+def recipe_export_settings(path: str | Path) -> ExportSpec:
+    """The ``export`` section of the recipe a run was trained with (schema defaults when there is none),
+    so ``kdcompress export RUN`` delivers what the recipe asked for without repeating it as flags."""
+    _, folder = _find_weights(Path(path))
+    config_file = folder / checkpoint.CONFIG_FILE
+    recipe = (
+        json.loads(config_file.read_text()).get("kdcompress", {}).get("recipe", {})
+        if config_file.is_file()
+        else {}
+    )
+    return ExportSpec.model_validate(recipe.get("export") or {})
 
 
 def load_student(path: str | Path) -> Student:

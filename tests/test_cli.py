@@ -187,3 +187,21 @@ def test_distill_from_a_shipped_recipe_name(runner, tmp_path, teacher_run):
     assert "name: kd" in (out / "recipe.yaml").read_text()
     result = runner.invoke(app, ["distill", "--recipe", "quickstrat", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "Did you mean 'quickstart'" in result.output
+
+
+def test_export_follows_the_run_recipe_export_section(runner, tmp_path):
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--model",
+        "cifar_resnet8",
+        "--out",
+        str(out),
+        *TINY,
+        "--set",
+        "export.formats=[safetensors]",
+    ]
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, ["export", str(out), "--out", str(tmp_path / "exp")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == ["config.json", "model.safetensors"]

@@ -63,20 +63,29 @@ def register(app: typer.Typer) -> None:
     @guarded
     def export_command(
         checkpoint: Annotated[Path, typer.Argument(help="Run folder or student .safetensors to export.")],
-        format_: Annotated[str, typer.Option("--format", help="onnx | safetensors | all.")] = "all",
+        format_: Annotated[
+            str | None,
+            typer.Option(
+                "--format", help="onnx | safetensors | all (default: the run recipe's export.formats)."
+            ),
+        ] = None,
         out: Annotated[
             Path | None, typer.Option("--out", help="Output folder (default: <run>/export).")
         ] = None,
-        opset: Annotated[int, typer.Option("--opset", min=11, help="ONNX opset version.")] = 18,
+        opset: Annotated[
+            int | None,
+            typer.Option("--opset", min=11, help="ONNX opset (default: the recipe's export.opset, 18)."),
+        ] = None,
         data: DataOpt = None,
         precision: Annotated[
-            str,
+            str | None,
             typer.Option(
                 "--precision",
-                help="fp32 | fp16 | int8. fp16/int8 add model.fp16.onnx / model.int8.onnx next to the "
-                "verified fp32 model.onnx, compared with fp32 PyTorch on real validation images.",
+                help="fp32 | fp16 | int8 (default: the recipe's export.precision). fp16/int8 add "
+                "model.fp16.onnx / model.int8.onnx next to the verified fp32 model.onnx, compared with "
+                "fp32 PyTorch on real validation images.",
             ),
-        ] = "fp32",
+        ] = None,
         int8_mode: Annotated[
             str,
             typer.Option(
@@ -103,18 +112,19 @@ def register(app: typer.Typer) -> None:
         ] = 1.0,
     ) -> None:
         """Write deployable files (timm-loadable safetensors + config.json, ONNX verified by onnxruntime)."""
-        from kdcompress.export import export
+        from kdcompress.export import export, recipe_export_settings
 
         choices = {"onnx": ["onnx"], "safetensors": ["safetensors"], "all": ["safetensors", "onnx"]}
-        if format_ not in choices:
+        if format_ is not None and format_ not in choices:
             raise UserError(f"Unknown export format '{format_}'; use onnx, safetensors or all.")
+        settings = recipe_export_settings(checkpoint)
         result = export(
             checkpoint,
-            choices[format_],
+            choices[format_] if format_ else list(settings.formats),
             out,
-            opset,
+            opset or settings.opset,
             data,
-            precision=precision,
+            precision=precision or settings.precision,
             int8_mode=int8_mode,
             calibration_images=calibration_images,
             verify_images=verify_images,
