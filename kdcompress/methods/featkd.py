@@ -78,6 +78,31 @@ def _cf_shape(shape: tuple[int, ...], kind: str, as_map: bool) -> tuple[int, ...
     return (shape[0], 1)
 
 
+def _align(config: FeatKDConfig, teacher, student, input_shape: tuple[int, ...], data=None):
+    """The layer pairs for ``config`` (probing ``data`` for --align auto) and the config naming them."""
+    alignment = align_layers(
+        config.align,
+        teacher,
+        student,
+        input_shape,
+        config.num_pairs,
+        teacher_layers=config.teacher_layers,
+        student_layers=config.student_layers,
+        data=data,
+        probe_samples=config.probe_samples,
+        probe_device=config.probe_device,
+        method="featkd",
+    )
+    resolved = config.model_copy(
+        update={
+            "teacher_layers": alignment.teacher_layers,
+            "student_layers": alignment.student_layers,
+            "num_pairs": len(alignment.teacher_layers),
+        }
+    )
+    return alignment, resolved
+
+
 @register
 class FeatKD(Method):
     name = "featkd"
@@ -87,26 +112,7 @@ class FeatKD(Method):
     @classmethod
     def resolve_config(cls, config, data, student, teacher):
         fmt = data.fmt
-        alignment = align_layers(
-            config.align,
-            teacher,
-            student,
-            (fmt.channels, fmt.size, fmt.size),
-            config.num_pairs,
-            teacher_layers=config.teacher_layers,
-            student_layers=config.student_layers,
-            data=data,
-            probe_samples=config.probe_samples,
-            probe_device=config.probe_device,
-            method="featkd",
-        )
-        resolved = config.model_copy(
-            update={
-                "teacher_layers": alignment.teacher_layers,
-                "student_layers": alignment.student_layers,
-                "num_pairs": len(alignment.teacher_layers),
-            }
-        )
+        alignment, resolved = _align(config, teacher, student, (fmt.channels, fmt.size, fmt.size), data)
         if alignment.probe is not None:
             scores = alignment.probe.scores()
             resolved._probe_scores = {name: scores[name] for name in alignment.teacher_layers}
@@ -118,23 +124,7 @@ class FeatKD(Method):
                 "featkd with --align auto chooses its layers from the training data: build it through "
                 "FeatKD.resolve_config (as `kdcompress distill` does) or name the layers."
             )
-        alignment = align_layers(
-            config.align,
-            teacher,
-            student,
-            tuple(example.shape[1:]),
-            config.num_pairs,
-            teacher_layers=config.teacher_layers,
-            student_layers=config.student_layers,
-            method="featkd",
-        )
-        config = config.model_copy(
-            update={
-                "teacher_layers": alignment.teacher_layers,
-                "student_layers": alignment.student_layers,
-                "num_pairs": len(alignment.teacher_layers),
-            }
-        )
+        alignment, config = _align(config, teacher, student, tuple(example.shape[1:]))
         super().__init__(student, teacher, config, example)
         self.teacher_layers = list(alignment.teacher_layers)
         self.student_layers = list(alignment.student_layers)
