@@ -120,7 +120,6 @@ def run_demo(
         out_dir / "kd", ["safetensors", "onnx"], out_dir / "kd" / "export", data_source="digits"
     )
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     teacher = load_student(teacher_dir)
     student = load_student(out_dir / "kd")
     one = torch.randn(1, *student.input_size)
