@@ -12,10 +12,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 import kdcompress
 from kdcompress.errors import UserError, did_you_mean
+from kdcompress.recipe import read_yaml
 
 #: Environment variable naming the recipes folder (overrides the one next to the package).
 RECIPES_ENV = "KDCOMPRESS_RECIPES"
@@ -84,14 +83,7 @@ def _section(data: dict, key: str) -> dict:
 
 def read_entry(path: Path, root: Path) -> RecipeEntry:
     """Summarise one recipe file (raw YAML; validation is the job of ``kdcompress.recipe``)."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(
-            f"Recipe file '{path}' is not valid YAML ({exc.__class__.__name__}); fix it."
-        ) from exc
-    if not isinstance(data, dict):
-        raise UserError(f"Recipe file '{path}' must hold a mapping at the top level.")
+    data = read_yaml(path)
     paper = _section(data, "paper")
     top1 = paper.get("top1")
     return RecipeEntry(
