@@ -6,8 +6,13 @@ real CLI (``python -m kdcompress distill ...``) with the same budget overrides, 
 plus a markdown table. The teacher must exist first (``runs/fmnist/teacher``; see
 ``recipes/fashion-mnist/teacher.yaml``).
 
+Seeds: ``--seeds 0,1,2`` repeats every run with ``train.seed`` set (data order, initialisation and
+augmentation). Seed 0 is stored under the run's name and the others as ``name@seedK``, so more seeds
+can be added to an existing JSON file later; the table reports the mean and standard deviation over
+whatever seeds the file holds.
+
 Usage: python benchmarks/fashion_mnist.py [--epochs N] [--train-limit N] [--val-limit N]
-                                          [--only name,name] [--json FILE]
+                                          [--only name,name] [--seeds 0,1] [--json FILE]
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -56,6 +62,7 @@ def main() -> None:
     parser.add_argument("--val-limit", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/fmnist"))
     parser.add_argument("--only", default=None, help="comma-separated run names")
+    parser.add_argument("--seeds", default="0", help="comma-separated train.seed values")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/fashion_mnist.json"))
     args = parser.parse_args()
     budget = ["--epochs", str(args.epochs), "--set", f"data.train_limit={args.train_limit}", "--quiet"]
@@ -63,35 +70,54 @@ def main() -> None:
         budget += ["--set", f"data.val_limit={args.val_limit}"]
     wanted = set(args.only.split(",")) if args.only else None
     results = json.loads(args.json.read_text()) if args.json.is_file() else {}
-    for name, run_args in read_runs():
-        if wanted and name not in wanted:
+    for seed in (int(value) for value in args.seeds.split(",")):
+        for name, run_args in read_runs():
+            if wanted and name not in wanted:
+                continue
+            key = name if seed == 0 else f"{name}@seed{seed}"
+            seeded = [*budget, "--set", f"train.seed={seed}"] if seed else budget
+            results[key] = run_one(run_args, seeded, args.out / key)
+            print(key, results[key], flush=True)
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(markdown(results))
+
+
+def run_one(run_args: list[str], budget: list[str], out: Path) -> dict:
+    """One distill run through the CLI: its best/last accuracy, or the error it ended with."""
+    command = [sys.executable, "-m", "kdcompress", "distill", *run_args, *budget, "--out", str(out)]
+    print("$", shlex.join(command), flush=True)
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(done.stderr[-2000:], flush=True)
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
+    row = {**best_row(out), "seconds": round(time.perf_counter() - start, 1)}
+    return row | {"command": "kdcompress " + shlex.join(command[3:])}
+
+
+def markdown(results: dict[str, dict]) -> str:
+    """Mean (and standard deviation over seeds, where there are several) per run name."""
+    by_name: dict[str, list[dict]] = {}
+    for key, row in results.items():
+        by_name.setdefault(key.split("@")[0], []).append(row)
+
+    def spread(values: list[float]) -> str:
+        mean = statistics.fmean(values)
+        return f"{mean:.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
+
+    scratch = [r["best_val_top1"] for r in by_name.get("ce", []) if "error" not in r]
+    lines = ["| run | seeds | best val top-1 | vs ce | last val top-1 |", "|---|---:|---:|---:|---:|"]
+    for name, rows in by_name.items():
+        good = [r for r in rows if "error" not in r]
+        if not good:
+            lines.append(f"| {name} | 0 | error: {rows[0]['error']} | | |")
             continue
-        out = args.out / name
-        command = [sys.executable, "-m", "kdcompress", "distill", *run_args, *budget, "--out", str(out)]
-        print("$", shlex.join(command), flush=True)
-        start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            print(done.stderr[-2000:], flush=True)
-            results[name] = {
-                "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
-            }
-        else:
-            results[name] = {**best_row(out), "seconds": round(time.perf_counter() - start, 1)}
-            results[name]["command"] = "kdcompress " + shlex.join(command[3:])
-        print(name, results[name], flush=True)
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-    scratch = results.get("ce", {}).get("best_val_top1")
-    print("| run | best val top-1 | vs ce | last | epoch s |")
-    print("|---|---:|---:|---:|---:|")
-    for name, row in results.items():
-        if "error" in row:
-            print(f"| {name} | error: {row['error']} | | | |")
-            continue
-        delta = f"{row['best_val_top1'] - scratch:+.2f}" if scratch is not None else "n/a"
-        best, last = row["best_val_top1"], row["last_val_top1"]
-        print(f"| {name} | {best:.2f} | {delta} | {last:.2f} | {row['seconds']:.0f} |")
+        best = [r["best_val_top1"] for r in good]
+        delta = f"{statistics.fmean(best) - statistics.fmean(scratch):+.2f}" if scratch else "n/a"
+        last = spread([r["last_val_top1"] for r in good])
+        lines.append(f"| {name} | {len(good)} | {spread(best)} | {delta} | {last} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,20 @@
 """Distillation overhead and throughput, measured in one process with the measurements interleaved.
 
-For each teacher -> student pair it times, round-robin so machine noise hits every row alike:
+For each teacher -> student pair it times, in rounds, so machine noise hits every row alike:
 - the student's train step alone (method ``ce``),
 - the teacher's forward alone (what the method asks of the teacher, under the same autocast),
-- the full distill step of each method (``Trainer.train_step``: teacher, losses, backward, update),
-and reports, from each row's fastest round,
-``overhead_ratio = step_ms / (student_step_ms + teacher_forward_ms)``: 1.00 means the
-method costs nothing beyond the two forward/backward passes it cannot avoid. An end-to-end row runs
-the real loop (device loader + augmentation + step) for ``kd`` to give sustained images/s, and a
-``kd+cache`` row times the step when every teacher output is already cached.
+- the full distill step of each method (``Trainer.train_step``: teacher, losses, backward, update).
+
+``overhead_ratio = step_ms / (student_step_ms + teacher_forward_ms)``: 1.00 means the method costs
+nothing beyond the two passes it cannot avoid. Shared virtual machines drift by tens of percent over
+seconds, so the ratio is computed within each round (where the three timings are seconds apart, in a
+shuffled order) and the median over rounds is reported, with the interquartile range beside it. The
+``step_ms`` columns are medians over rounds. An end-to-end row runs the real loop (device loader +
+augmentation + step) for ``kd`` to give sustained images/s, and a ``kd+cache`` row times the step when
+every teacher output is already cached.
 
 Usage: python benchmarks/throughput.py [--device cpu|cuda|auto] [--json FILE] [--rounds N]
+       [--threads N] [--compile] [--compile-mode default|reduce-overhead|max-autotune]
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
+import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,9 +44,15 @@ PAIRS = {
     "resnet50->resnet18@224": dict(teacher="resnet50", student="resnet18", size=224, batch=64),
 }
 METHODS = ["kd", "dkd", "sd-kd", "sd-dkd", "luminet"]
+END_TO_END = "kd end-to-end"
 
 
-def make_trainer(pair: dict, method: str, device: str, batch: int, cache: bool = False) -> engine.Trainer:
+def make_trainer(
+    pair: dict, method: str, device: str, batch: int, compile_mode: str | None, cache: bool = False
+) -> engine.Trainer:
+    train = {"device": device, "batch_size": batch, "epochs": 1, "teacher_cache": cache}
+    if compile_mode:
+        train |= {"compile": True, "compile_mode": compile_mode}
     recipe = {
         "student": {"arch": pair["student"]},
         "data": {
@@ -49,7 +62,7 @@ def make_trainer(pair: dict, method: str, device: str, batch: int, cache: bool =
             "val_limit": 16,
         },
         "method": {"name": method},
-        "train": {"device": device, "batch_size": batch, "epochs": 1, "teacher_cache": cache},
+        "train": train,
     }
     if method != "ce":
         recipe["teacher"] = {"arch": pair["teacher"]}
@@ -71,11 +84,21 @@ def timed(call: Callable[[], object], device: torch.device, iters: int) -> float
     return (time.perf_counter() - start) * 1e3 / iters
 
 
-def bench_pair(name: str, pair: dict, device: str, rounds: int, iters: int, batch: int) -> list[dict]:
-    trainers = {"ce": make_trainer(pair, "ce", device, batch)}
-    for method in METHODS:
-        trainers[method] = make_trainer(pair, method, device, batch)
-    trainers["kd+cache"] = make_trainer(pair, "kd", device, batch, cache=True)
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """(25th, 50th, 75th) percentiles; with one value all three are that value."""
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def bench_pair(name: str, pair: dict, args: argparse.Namespace, batch: int) -> list[dict]:
+
+    def make(method: str, cache: bool = False) -> engine.Trainer:
+        return make_trainer(pair, method, args.device, batch, args.compile_mode, cache)
+
+    trainers = {"ce": make("ce")} | {method: make(method) for method in METHODS}
+    trainers["kd+cache"] = make("kd", cache=True)
     dev = trainers["ce"].runtime.device
     progress = Progress(epoch=30, step=0, steps_per_epoch=10)  # past every warm-up: full loss terms
     batches = {key: next(iter(t.train_loader.batches(1))) for key, t in trainers.items()}
@@ -93,45 +116,51 @@ def bench_pair(name: str, pair: dict, device: str, rounds: int, iters: int, batc
         for step, b in enumerate(kd.train_loader.batches(2)):
             kd.train_step(b, Progress(2, step, len(kd.train_loader)))
 
-    steps_per_loop = len(kd.train_loader)
-    calls["kd end-to-end"] = end_to_end
-    for call in calls.values():  # warm-up (and fills the teacher cache for kd+cache)
-        call()
+    calls[END_TO_END] = end_to_end
+    for _ in range(args.warmup):  # compile, autotune, allocator growth, and the teacher cache fill
+        for call in calls.values():
+            call()
     samples: dict[str, list[float]] = {key: [] for key in calls}
-    for _ in range(rounds):
-        for key, call in calls.items():
-            samples[key].append(timed(call, dev, 1 if key == "kd end-to-end" else iters))
-    # The fastest round: interference from other work on the machine only ever adds time, so the
-    # minimum is the steadiest estimate of what each step costs (timeit's advice).
-    ms = {key: min(values) for key, values in samples.items()}
-    ms["kd end-to-end"] /= steps_per_loop
-    student_ms, teacher_ms = ms["ce"], ms["teacher"]
+    order = list(calls)
+    shuffle = random.Random(0).shuffle
+    for _ in range(args.rounds):
+        shuffle(order)
+        for key in order:
+            per_call = timed(calls[key], dev, 1 if key == END_TO_END else args.iters)
+            samples[key].append(per_call / len(kd.train_loader) if key == END_TO_END else per_call)
+    baseline = [s + t for s, t in zip(samples["ce"], samples["teacher"], strict=True)]
     rows = []
-    for key in [*METHODS, "kd+cache", "kd end-to-end"]:
+    for key in [*METHODS, "kd+cache", END_TO_END]:
+        ratios = [step / base for step, base in zip(samples[key], baseline, strict=True)]
+        low, ratio, high = quartiles(ratios)
+        step_ms = statistics.median(samples[key])
         rows.append(
             {
                 "pair": name,
                 "method": key,
                 "device": str(dev.type),
                 "batch_size": batch,
-                "step_ms": round(ms[key], 3),
-                "images_per_second": round(batch / ms[key] * 1e3, 1),
-                "student_step_ms": round(student_ms, 3),
-                "teacher_forward_ms": round(teacher_ms, 3),
-                "overhead_ratio": round(ms[key] / (student_ms + teacher_ms), 3),
+                "step_ms": round(step_ms, 3),
+                "images_per_second": round(batch / step_ms * 1e3, 1),
+                "student_step_ms": round(statistics.median(samples["ce"]), 3),
+                "teacher_forward_ms": round(statistics.median(samples["teacher"]), 3),
+                "overhead_ratio": round(ratio, 3),
+                "overhead_ratio_iqr": [round(low, 3), round(high, 3)],
+                "rounds": args.rounds,
             }
         )
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    head = "| pair | method | device | batch | step ms | img/s | student ms | teacher ms | overhead |"
-    lines = [head, "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    head = "| pair | method | batch | step ms | img/s | student ms | teacher ms | overhead (IQR) |"
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        low, high = r["overhead_ratio_iqr"]
         lines.append(
-            f"| {r['pair']} | {r['method']} | {r['device']} | {r['batch_size']} | {r['step_ms']:.1f} "
+            f"| {r['pair']} | {r['method']} | {r['batch_size']} | {r['step_ms']:.1f} "
             f"| {r['images_per_second']:.0f} | {r['student_step_ms']:.1f} | {r['teacher_forward_ms']:.1f} "
-            f"| {r['overhead_ratio']:.3f} |"
+            f"| {r['overhead_ratio']:.3f} ({low:.2f}-{high:.2f}) |"
         )
     return "\n".join(lines)
 
@@ -140,25 +169,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/throughput.json"))
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--iters", type=int, default=3, help="calls per timing sample")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--iters", type=int, default=None, help="calls per timing (1 on CPU, 20 on GPU)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed rounds (1 on CPU, 3 on GPU)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--compile-mode", default=None, help="compile student step and teacher in this mode")
+    parser.add_argument("--compile", action="store_const", const="default", dest="compile_mode")
     parser.add_argument("--pairs", default=",".join(PAIRS), help="comma-separated pair names")
     parser.add_argument("--cpu-batch-224", type=int, default=16, help="batch for 224px pairs on CPU")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     runtime = setup_runtime(args.device)
+    on_gpu = runtime.device.type == "cuda"
+    args.iters = args.iters or (20 if on_gpu else 1)
+    args.warmup = args.warmup if args.warmup is not None else (3 if on_gpu else 1)
     rows = []
     for name in args.pairs.split(","):
         pair = PAIRS[name]
-        batch = pair["batch"]
-        if runtime.device.type == "cpu" and pair["size"] >= 224:
-            batch = args.cpu_batch_224
-        rows += bench_pair(name, pair, args.device, args.rounds, args.iters, batch)
+        batch = args.cpu_batch_224 if not on_gpu and pair["size"] >= 224 else pair["batch"]
+        rows += bench_pair(name, pair, args, batch)
     machine = {
-        "device": torch.cuda.get_device_name()
-        if runtime.device.type == "cuda"
-        else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name() if on_gpu else platform.processor() or "cpu",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "compile_mode": args.compile_mode,
+        "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")

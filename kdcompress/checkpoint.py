@@ -103,6 +103,7 @@ def model_config(
     image_size: int,
     mean: tuple[float, ...],
     std: tuple[float, ...],
+    crop_pct: float = 1.0,
     model_kwargs: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -117,7 +118,7 @@ def model_config(
             "std": list(std),
             "num_classes": num_classes,
             "interpolation": "bilinear",
-            "crop_pct": 1.0,
+            "crop_pct": crop_pct,
         },
         "kdcompress": extra or {},
     }

@@ -107,6 +107,7 @@ def student_config(recipe: Recipe, data: DataBundle, extra: dict[str, Any]) -> d
         fmt.size,
         fmt.mean,
         fmt.std,
+        data.decoding.crop_pct,
         recipe.student.kwargs,
         {
             "method": recipe.method.name,
@@ -192,6 +193,12 @@ class Trainer:
         if not method.cacheable_teacher:
             raise UserError(
                 f"Method '{method.name}' needs the teacher on every step; turn train.teacher_cache off."
+            )
+        if not self.p.data.views_identify_inputs:
+            raise UserError(
+                f"The teacher cache keys outputs by crop and flip, but data.augment="
+                f"{self.recipe.data.augment} draws continuous random crops; turn train.teacher_cache off "
+                "or use data.augment=crop_flip."
             )
         views = self.train_loader.transform.num_views
         samples = len(self.p.data.dataset.train)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -164,7 +164,12 @@ def _student_data(student: Student, source: str, train_limit: int | None, val_li
     spec = DataSpec(
         source=source, image_size=size, channels=channels, train_limit=train_limit, val_limit=val_limit
     )
-    return load_data(spec)
+    data = load_data(spec)
+    # Image folders are centre-cropped as the student was evaluated in training (its config says how).
+    crop_pct = student.config.get("pretrained_cfg", {}).get("crop_pct")
+    if crop_pct is not None:
+        data.decoding = replace(data.decoding, crop_pct=crop_pct)
+    return data
 
 
 def real_inputs(student: Student, data_source: str | None, count: int = 16) -> torch.Tensor | None:
@@ -194,7 +199,9 @@ def labelled_batches(
         )
     part = data.dataset.train if split == "train" else data.dataset.val
     cpu = torch.device("cpu")
-    loader = Loader(part, data.transform(cpu, train=False), batch_size, cpu, train=False)
+    loader = Loader(
+        part, data.transform(cpu, train=False), batch_size, cpu, train=False, decoding=data.decoding
+    )
     return [(batch.images, batch.labels) for batch in loader.batches()]
 
 

@@ -175,7 +175,9 @@ def _sample_loader(data: DataBundle, indices: torch.Tensor, batch_size: int, dev
     from kdcompress.data import Loader
 
     split = data.dataset.train.subset(indices)
-    return Loader(split, data.transform(device, False), batch_size, device, False, num_workers=0)
+    return Loader(
+        split, data.transform(device, False), batch_size, device, False, num_workers=0, decoding=data.decoding
+    )
 
 
 def _quality(features: torch.Tensor, labels: torch.Tensor, n_train: int, device: torch.device) -> dict:

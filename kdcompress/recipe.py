@@ -36,8 +36,19 @@ class DataSpec(_Section):
     channels: int | None = Field(default=None, description="force 1 or 3 channels (grey <-> RGB)")
     train_limit: int | None = Field(default=None, gt=0)
     val_limit: int | None = Field(default=None, gt=0)
-    augment: Literal["auto", "none", "flip", "crop", "crop_flip"] = "auto"
+    augment: Literal["auto", "none", "flip", "crop", "crop_flip", "resized_crop", "resized_crop_flip"] = (
+        "auto"
+    )
     crop_padding: int | None = Field(default=None, ge=0, description="default: image size / 8")
+    resized_crop_scale: tuple[float, float] = Field(
+        default=(0.08, 1.0), description="area fraction range of resized_crop (ImageNet standard)"
+    )
+    resized_crop_ratio: tuple[float, float] = Field(
+        default=(3 / 4, 4 / 3), description="aspect-ratio range of resized_crop"
+    )
+    crop_pct: float | None = Field(
+        default=None, gt=0, le=1, description="eval centre crop of image folders; default 0.875"
+    )
     num_workers: int = Field(default=4, ge=0, description="decoder processes for imagefolder")
 
     @field_validator("channels")
@@ -45,6 +56,20 @@ class DataSpec(_Section):
     def _one_or_three(cls, value: int | None) -> int | None:
         if value not in (None, 1, 3):
             raise ValueError("channels must be 1 or 3")
+        return value
+
+    @field_validator("resized_crop_scale", "resized_crop_ratio")
+    @classmethod
+    def _ordered_positive_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1]:
+            raise ValueError("must be [low, high] with 0 < low <= high")
+        return value
+
+    @field_validator("resized_crop_scale")
+    @classmethod
+    def _area_fraction(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[1] > 1:
+            raise ValueError("is a fraction of the image area: high must be at most 1")
         return value
 
 

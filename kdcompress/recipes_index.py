@@ -1,9 +1,9 @@
 """The shipped recipes: where they are, what each one is, and recipe names -> files.
 
-The YAML files live in the ``recipes/`` folder at the root of the source tree, next to the package, and
-are found relative to it (``<package>/../recipes``). The ``KDCOMPRESS_RECIPES`` environment variable
-points elsewhere (e.g. a checkout's ``recipes/`` when kdcompress is installed from a wheel). A recipe's
-name is its path under that folder without ``.yaml``: ``cifar100/resnet32x4-resnet8x4/dkd``.
+The YAML files ship inside the package (``kdcompress/recipes/``, also reachable as ``recipes/`` at the
+root of a checkout), so a wheel install has them too. The ``KDCOMPRESS_RECIPES`` environment variable
+points elsewhere (a team's own recipe collection). A recipe's name is its path under that folder
+without ``.yaml``: ``cifar100/resnet32x4-resnet8x4/dkd``.
 """
 
 from __future__ import annotations
@@ -22,19 +22,19 @@ _SUFFIXES = (".yaml", ".yml")
 
 
 def recipes_root() -> Path:
-    """The folder holding the shipped recipes (it may not exist in an installed wheel)."""
+    """The recipes folder: ``KDCOMPRESS_RECIPES`` if set, else the one shipped inside the package."""
     override = os.environ.get(RECIPES_ENV)
     if override:
         return Path(override).expanduser()
-    return Path(kdcompress.__file__).resolve().parent.parent / "recipes"
+    return Path(kdcompress.__file__).resolve().parent / "recipes"
 
 
 def _existing_root(root: Path | None) -> Path:
     folder = recipes_root() if root is None else root
     if not folder.is_dir():
         raise UserError(
-            f"The recipes folder '{folder}' does not exist; set {RECIPES_ENV} to a kdcompress checkout's "
-            "recipes/ folder."
+            f"The recipes folder '{folder}' does not exist; point {RECIPES_ENV} at a folder of recipe files "
+            "or unset it."
         )
     return folder
 

@@ -21,7 +21,7 @@ from kdcompress.recipes_index import (
     resolve_recipe_path,
 )
 
-ROOT = Path(__file__).resolve().parent.parent / "recipes"
+ROOT = Path(__file__).resolve().parent.parent / "kdcompress" / "recipes"
 ALL = sorted(ROOT.rglob("*.yaml"))
 CIFAR = sorted((ROOT / "cifar100").rglob("*.yaml"))
 LOGIT_METHODS = ("kd", "dkd", "sd-kd", "sd-dkd", "luminet")

@@ -1,7 +1,9 @@
-"""Speed features that must not change results: the teacher cache and DDP over gloo (2 processes)."""
+"""Speed features that must not change results: the teacher cache, DDP over gloo (2 processes) and
+torch.compile."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -116,3 +118,34 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=2e-5)
     metrics = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 2  # rank 0 alone writes
+
+
+def test_compiled_distill_steps_match_eager(tmp_path, teacher_run):
+    """train.compile must be a pure speed switch: same losses and weights as eager, step for step."""
+    from rich.console import Console
+
+    from kdcompress.methods import Progress
+    from kdcompress.runtime import setup_runtime
+
+    def trainer(compiled: bool) -> engine.Trainer:
+        recipe = tiny_recipe(
+            "cifar_resnet8",
+            "dkd",
+            teacher={"arch": "cifar_resnet14", "weights": str(teacher_run)},
+            train={"compile": compiled},
+        )
+        prepared = engine.prepare(validate_recipe(recipe))
+        out = tmp_path / str(compiled)
+        return engine.Trainer(prepared, out, setup_runtime("cpu"), Console(quiet=True), quiet=True)
+
+    eager, compiled = trainer(False), trainer(True)
+    batches = zip(eager.train_loader.batches(1), compiled.train_loader.batches(1), strict=True)
+    for step, (a, b) in enumerate(itertools.islice(batches, 2)):
+        progress = Progress(1, step, len(eager.train_loader))
+        loss_eager, *_ = eager.train_step(a, progress)
+        loss_compiled, *_ = compiled.train_step(b, progress)
+        torch.testing.assert_close(loss_compiled, loss_eager, rtol=1e-4, atol=1e-5)
+    for (name, w_eager), w_compiled in zip(
+        eager.p.student.state_dict().items(), compiled.p.student.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(w_compiled, w_eager, rtol=1e-4, atol=1e-5, msg=name)

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
+from kdcompress.data.files import FileDecoding, ResizedCrop
 from kdcompress.data.loader import Batch, DeviceTransform, ImageFormat, Loader, image_format
-from kdcompress.data.sources import Dataset, read_source
+from kdcompress.data.sources import Dataset, FileSplit, read_source
 from kdcompress.errors import UserError
 from kdcompress.recipe import DataSpec
 
@@ -22,10 +23,20 @@ class DataBundle:
     fmt: ImageFormat
     crop_padding: int
     flip: bool
+    decoding: FileDecoding = FileDecoding()
 
     @property
     def num_classes(self) -> int:
         return self.dataset.num_classes
+
+    @property
+    def views_identify_inputs(self) -> bool:
+        """Whether (sample, view id) pins down a training input exactly, as the teacher cache needs.
+
+        True for pad-crop and flip (finitely many views); false for the random resized crop, whose
+        crops are continuous and drawn in the decoder, outside the view id.
+        """
+        return self.decoding.resized_crop is None
 
     def transform(self, device: torch.device, train: bool) -> DeviceTransform:
         padding, flip = (self.crop_padding, self.flip) if train else (0, False)
@@ -50,6 +61,7 @@ class DataBundle:
             rank,
             world,
             workers,
+            self.decoding,
         )
 
     def val_loader(
@@ -65,6 +77,7 @@ class DataBundle:
             rank,
             world,
             workers,
+            self.decoding,
         )
 
 
@@ -81,12 +94,28 @@ def load_data(spec: DataSpec) -> DataBundle:
     dataset = read_source(spec.source)
     dataset.train = _limit(dataset.train, spec.train_limit)
     dataset.val = _limit(dataset.val, spec.val_limit)
-    fmt = image_format(dataset, spec.image_size, spec.channels)
-    augment = spec.augment
-    if augment == "auto":
-        augment = "crop_flip" if dataset.natural_images else "none"
-    padding = spec.crop_padding if spec.crop_padding is not None else max(1, dataset.native_size // 8)
-    crop = augment in ("crop", "crop_flip")
     if len(dataset.train) == 0 or len(dataset.val) == 0:
         raise UserError(f"Data source '{spec.source}' has an empty split; check the folder or the limits.")
-    return DataBundle(dataset, fmt, padding if crop else 0, augment in ("flip", "crop_flip"))
+    fmt = image_format(dataset, spec.image_size, spec.channels)
+    files = isinstance(dataset.train, FileSplit)
+    augment = spec.augment
+    if augment == "auto":
+        natural = "resized_crop_flip" if files else "crop_flip"
+        augment = natural if dataset.natural_images else "none"
+    resized = augment.startswith("resized_crop")
+    if resized and not files:
+        raise UserError(
+            f"data.augment={augment} decodes crops from image files; '{dataset.name}' is held in memory, "
+            "so use crop_flip (pad and crop) instead."
+        )
+    if spec.crop_pct is not None and not files:
+        raise UserError(
+            f"data.crop_pct sets the evaluation crop of image folders; '{dataset.name}' is not one."
+        )
+    decoding = FileDecoding(
+        crop_pct=spec.crop_pct if spec.crop_pct is not None else (0.875 if files else 1.0),
+        resized_crop=ResizedCrop(spec.resized_crop_scale, spec.resized_crop_ratio) if resized else None,
+    )
+    padding = spec.crop_padding if spec.crop_padding is not None else max(1, dataset.native_size // 8)
+    crop = augment in ("crop", "crop_flip")
+    return DataBundle(dataset, fmt, padding if crop else 0, augment.endswith("flip"), decoding)

@@ -3,8 +3,9 @@
 Small datasets (digits, Fashion-MNIST, CIFAR, synthetic) are copied to the device once as uint8 and
 every batch is gathered, cropped, flipped, resized and normalised there: no DataLoader, no worker
 processes, no host round trip per step. Image folders are decoded by DataLoader workers into uint8
-tensors of a fixed size, copied with pinned memory, and then go through the same device transform, so
-there is one augmentation code path.
+tensors of a fixed size (``files.py``: centre crop, or the ImageNet random resized crop), copied with
+pinned memory, and then go through the same device transform, so flips and normalisation have one code
+path.
 
 Augmentation parameters are drawn explicitly per sample (crop offset, flip), from a generator seeded by
 (seed, epoch). Two consequences users rely on: a resumed run sees exactly the batches the uninterrupted
@@ -21,7 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kdcompress.data.sources import Dataset, FileSplit, Split, TensorSplit
+from kdcompress.data.files import FileDecoding, FileImages
+from kdcompress.data.sources import Dataset, Split, TensorSplit
 
 _GREY_WEIGHTS = (0.299, 0.587, 0.114)
 
@@ -119,35 +121,9 @@ class DeviceTransform:
         return x.contiguous()
 
 
-def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+def _epoch_seed(seed: int, epoch: int) -> int:
     # Mixing with a large odd constant keeps epochs of nearby seeds from sharing streams.
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-
-
-class _FileImages(torch.utils.data.Dataset):
-    """Decode, resize the shorter side and centre-crop to a square uint8 tensor."""
-
-    def __init__(self, split: FileSplit, size: int):
-        self.split = split
-        self.size = size
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from PIL import Image
-
-        with Image.open(self.split.paths[i]) as img:
-            img = img.convert("RGB")
-            scale = self.size / min(img.size)
-            resized = img.resize(
-                (max(self.size, round(img.width * scale)), max(self.size, round(img.height * scale)))
-            )
-            left = (resized.width - self.size) // 2
-            top = (resized.height - self.size) // 2
-            crop = resized.crop((left, top, left + self.size, top + self.size))
-            pixels = torch.frombuffer(bytearray(crop.tobytes()), dtype=torch.uint8)
-        return pixels.view(self.size, self.size, 3).permute(2, 0, 1).contiguous(), int(self.split.labels[i])
+    return seed * 1_000_003 + epoch
 
 
 class Loader:
@@ -164,6 +140,7 @@ class Loader:
         rank: int = 0,
         world_size: int = 1,
         num_workers: int = 0,
+        decoding: FileDecoding | None = None,
     ):
         self.split = split
         self.transform = transform
@@ -174,6 +151,7 @@ class Loader:
         self.rank = rank
         self.world_size = world_size
         self.num_workers = num_workers
+        self.decoding = decoding or FileDecoding()
         self.labels = split.labels.to(device)
         self.images = split.images.to(device) if isinstance(split, TensorSplit) else None
 
@@ -181,7 +159,7 @@ class Loader:
         """This rank's sample order and view ids for an epoch."""
         n = len(self.split)
         if self.train:
-            gen = _epoch_generator(self.seed, epoch)
+            gen = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
             order = torch.randperm(n, generator=gen)
             views = self.transform.sample_views(n, gen)
         else:
@@ -202,7 +180,7 @@ class Loader:
         steps = len(self)
         identity = self.transform.identity_view()
         if self.images is None:
-            yield from self._file_batches(order, views, steps, identity)
+            yield from self._file_batches(epoch, order, views, steps, identity)
             return
         order_dev = order.to(self.device, non_blocking=True)
         views_dev = views.to(self.device, non_blocking=True) if views is not None else None
@@ -218,9 +196,10 @@ class Loader:
             yield Batch(images, self.labels[index], index, view_ids)
 
     def _file_batches(
-        self, order: torch.Tensor, views: torch.Tensor | None, steps: int, identity: int
+        self, epoch: int, order: torch.Tensor, views: torch.Tensor | None, steps: int, identity: int
     ) -> Iterator[Batch]:
-        dataset = _FileImages(self.split, self.transform.fmt.size)  # type: ignore[arg-type]
+        epoch_seed = _epoch_seed(self.seed, epoch) if self.train else None
+        dataset = FileImages(self.split, self.transform.fmt.size, self.decoding, epoch_seed)  # type: ignore[arg-type]
         subset = torch.utils.data.Subset(dataset, order[: steps * self.batch_size].tolist())
         loader = torch.utils.data.DataLoader(
             subset,

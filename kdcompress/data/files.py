@@ -1,0 +1,102 @@
+"""Decoding image files into fixed-size uint8 tensors, in DataLoader workers.
+
+This is the one place where file datasets (image folders) differ from in-memory ones. It follows the
+ImageNet protocol the papers train and evaluate with, because a teacher's published accuracy only holds
+under its own preprocessing:
+- evaluation: resize the shorter side to ``size / crop_pct`` (256 for 224 at the usual 0.875), then
+  take the centre ``size x size`` crop;
+- training with ``resized_crop``: a random crop covering ``scale`` of the image area with an aspect
+  ratio in ``ratio`` (log-uniform), resized to ``size x size`` straight from the full-resolution file.
+
+The random crop of sample ``i`` in an epoch is drawn from a generator seeded by (epoch seed, ``i``), not
+by worker, so a run is reproducible whatever ``num_workers`` is, and a resumed run decodes exactly the
+crops the uninterrupted run would have. Flips stay on the device (the shared ``DeviceTransform``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import torch
+
+from kdcompress.data.sources import FileSplit
+
+_ATTEMPTS = 10  # tries at a crop that fits before falling back to a centre crop (the usual choice)
+
+
+@dataclass(frozen=True)
+class ResizedCrop:
+    """Area-fraction and aspect-ratio ranges of the random resized crop."""
+
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+    def sample_box(self, width: int, height: int, rng: random.Random) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) of a random crop of a ``width x height`` image."""
+        area = width * height
+        log_low, log_high = math.log(self.ratio[0]), math.log(self.ratio[1])
+        for _ in range(_ATTEMPTS):
+            target = area * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(log_low, log_high))
+            w = round(math.sqrt(target * aspect))
+            h = round(math.sqrt(target / aspect))
+            if 0 < w <= width and 0 < h <= height:
+                left = rng.randint(0, width - w)
+                top = rng.randint(0, height - h)
+                return left, top, left + w, top + h
+        # No sampled crop fitted (extreme aspect ratios): the largest centred crop within the ratio range.
+        aspect = min(max(width / height, self.ratio[0]), self.ratio[1])
+        w, h = (width, round(width / aspect)) if width / height < aspect else (round(height * aspect), height)
+        w, h = min(w, width), min(h, height)
+        left, top = (width - w) // 2, (height - h) // 2
+        return left, top, left + w, top + h
+
+
+@dataclass(frozen=True)
+class FileDecoding:
+    """How a loader turns files into tensors: the eval centre-crop fraction and the train-time crop."""
+
+    crop_pct: float = 1.0
+    resized_crop: ResizedCrop | None = None
+
+
+class FileImages(torch.utils.data.Dataset):
+    """One epoch's view of a file split: decoded, cropped and resized to ``size x size`` uint8."""
+
+    def __init__(self, split: FileSplit, size: int, decoding: FileDecoding, epoch_seed: int | None):
+        self.split = split
+        self.size = size
+        self.decoding = decoding
+        # Only training loaders pass an epoch seed; evaluation is always the deterministic centre crop.
+        self.epoch_seed = epoch_seed
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        with Image.open(self.split.paths[i]) as img:
+            img = img.convert("RGB")
+            crop = self.decoding.resized_crop
+            if crop is not None and self.epoch_seed is not None:
+                box = crop.sample_box(img.width, img.height, random.Random(f"{self.epoch_seed}:{i}"))
+                out = img.resize((self.size, self.size), Image.Resampling.BILINEAR, box=box)
+            else:
+                out = self._centre_crop(img)
+            pixels = torch.frombuffer(bytearray(out.tobytes()), dtype=torch.uint8)
+        return pixels.view(self.size, self.size, 3).permute(2, 0, 1).contiguous(), int(self.split.labels[i])
+
+    def _centre_crop(self, img):
+        """Shorter side to ``size / crop_pct``, then the centre ``size x size``."""
+        from PIL import Image
+
+        short = max(self.size, math.floor(self.size / self.decoding.crop_pct))
+        scale = short / min(img.size)
+        width = max(short, round(img.width * scale))
+        height = max(short, round(img.height * scale))
+        resized = img.resize((width, height), Image.Resampling.BILINEAR)
+        left, top = (width - self.size) // 2, (height - self.size) // 2
+        return resized.crop((left, top, left + self.size, top + self.size))
