@@ -69,20 +69,27 @@ def test_cached_teacher_trains_like_the_live_teacher(tmp_path, teacher_run, augm
         torch.testing.assert_close(cached[key], live[key], rtol=1e-4, atol=1e-5)
 
 
-def test_ddp_two_gloo_processes_match_one_process(tmp_path):
-    """Same global batch (64 = 2 x 32): DDP's averaged gradients equal the single-process ones.
+def test_ddp_distill_over_two_gloo_processes_matches_one_process_and_resumes(tmp_path, teacher_run):
+    """Same global batch (64 = 2 x 32): DDP's averaged gradients equal the single-process ones, and a
+    DDP run stopped after epoch 1 and resumed under torchrun ends where one process does. (A constant
+    LR makes "1 epoch, then resume to 2" the same schedule as "2 epochs".)
 
-    A LayerNorm model (timm test_vit) keeps the comparison exact in principle: BatchNorm would use
-    per-process statistics, which legitimately differ from full-batch ones.
+    The student is a LayerNorm model (timm test_vit), which keeps the comparison exact in principle:
+    BatchNorm would use per-process statistics, which legitimately differ from full-batch ones. The
+    teacher's BatchNorm is frozen in eval mode, so it is the same in every process.
     """
     args = [
-        "train",
-        "--model",
+        "distill",
+        "--teacher",
+        "cifar_resnet14",
+        "--teacher-weights",
+        str(teacher_run),
+        "--student",
         "test_vit",
+        "--method",
+        "kd",
         "--data",
         "digits",
-        "--epochs",
-        "2",
         "--batch-size",
         "64",
         "--device",
@@ -96,28 +103,31 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
         "student.kwargs={img_size: 8, patch_size: 4}",
         "--set",
         "optim.lr=0.05",
+        "--set",
+        "schedule.name=constant",
+        "--set",
+        "export.formats=[]",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run(
-        [sys.executable, "-m", "kdcompress", *args, "--out", str(tmp_path / "one")],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert single.returncode == 0, single.stderr
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    ddp = subprocess.run(
-        [*launcher, "-m", "kdcompress", *args, "--out", str(tmp_path / "two")],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+
+    def run(command: list[str], out: str, *extra: str) -> None:
+        done = subprocess.run(
+            [*command, "-m", "kdcompress", *args, "--out", str(tmp_path / out), *extra],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    run([sys.executable], "one", "--epochs", "2")
+    run(launcher, "two", "--epochs", "1")
+    run(launcher, "two", "--epochs", "2", "--resume")
     one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=2e-5)
     metrics = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
-    assert len(metrics) == 2  # rank 0 alone writes
+    assert len(metrics) == 2  # rank 0 alone writes, and resume keeps epoch 1's row
 
 
 def test_compiled_distill_steps_match_eager(tmp_path, teacher_run):
