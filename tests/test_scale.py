@@ -78,36 +78,18 @@ def test_ddp_distill_over_two_gloo_processes_matches_one_process_and_resumes(tmp
     BatchNorm would use per-process statistics, which legitimately differ from full-batch ones. The
     teacher's BatchNorm is frozen in eval mode, so it is the same in every process.
     """
-    args = [
-        "distill",
-        "--teacher",
-        "cifar_resnet14",
-        "--teacher-weights",
-        str(teacher_run),
-        "--student",
-        "test_vit",
-        "--method",
-        "kd",
-        "--data",
-        "digits",
-        "--batch-size",
-        "64",
-        "--device",
-        "cpu",
-        "--quiet",
-        "--set",
+    args = ["distill", "--teacher", "cifar_resnet14", "--teacher-weights", str(teacher_run), "--quiet"]
+    args += ["--student", "test_vit", "--method", "kd", "--data", "digits"]
+    args += ["--batch-size", "64", "--device", "cpu"]
+    overrides = [
         "data.train_limit=256",
-        "--set",
         "data.val_limit=64",
-        "--set",
         "student.kwargs={img_size: 8, patch_size: 4}",
-        "--set",
         "optim.lr=0.05",
-        "--set",
         "schedule.name=constant",
-        "--set",
         "export.formats=[]",
     ]
+    args += [arg for value in overrides for arg in ("--set", value)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
