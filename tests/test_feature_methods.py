@@ -228,26 +228,15 @@ def test_manual_alignment_needs_both_sides(batch):
 # ---- distill end to end ---------------------------------------------------------------------------
 
 
+def distill_args(teacher_run, method: str, out, *extra: str) -> list[str]:
+    """``kdcompress distill`` of cifar_resnet8 from the tiny cifar_resnet14 teacher on tiny digits."""
+    args = ["distill", "--teacher", "cifar_resnet14", "--teacher-weights", str(teacher_run)]
+    return [*args, "--student", "cifar_resnet8", "--method", method, "--out", str(out), *TINY, *extra]
+
+
 def test_align_auto_writes_probed_layers_to_the_recipe(runner, tmp_path, teacher_run):
     out = tmp_path / "auto"
-    args = [
-        "distill",
-        "--teacher",
-        "cifar_resnet14",
-        "--teacher-weights",
-        str(teacher_run),
-        "--student",
-        "cifar_resnet8",
-        "--method",
-        "featkd",
-        "--align",
-        "auto",
-        "--out",
-        str(out),
-        *TINY,
-        "--set",
-        "method.probe_samples=100",
-    ]
+    args = distill_args(teacher_run, "featkd", out, "--align", "auto", "--set", "method.probe_samples=100")
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     method = yaml.safe_load((out / "recipe.yaml").read_text())["method"]
@@ -263,20 +252,7 @@ def test_align_auto_writes_probed_layers_to_the_recipe(runner, tmp_path, teacher
 
 def test_blockkd_distill_exports_the_plain_student(runner, tmp_path, teacher_run):
     out = tmp_path / "blockkd"
-    args = [
-        "distill",
-        "--teacher",
-        "cifar_resnet14",
-        "--teacher-weights",
-        str(teacher_run),
-        "--student",
-        "cifar_resnet8",
-        "--method",
-        "blockkd",
-        "--out",
-        str(out),
-        *TINY,
-    ]
+    args = distill_args(teacher_run, "blockkd", out)
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     keys = set(load_file(out / "student.safetensors"))
@@ -307,21 +283,7 @@ def test_blockkd_distill_exports_the_plain_student(runner, tmp_path, teacher_run
 )
 def test_feature_method_user_errors_exit_2(runner, tmp_path, teacher_run, extra, message):
     out = tmp_path / "bad"
-    args = [
-        "distill",
-        "--teacher",
-        "cifar_resnet14",
-        "--teacher-weights",
-        str(teacher_run),
-        "--student",
-        "cifar_resnet8",
-        "--method",
-        "featkd",
-        "--out",
-        str(out),
-        *TINY,
-        *extra,
-    ]
+    args = distill_args(teacher_run, "featkd", out, *extra)
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())

@@ -18,10 +18,14 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from kdcompress.data.sources import FileSplit
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 _ATTEMPTS = 10  # tries at a crop that fits before falling back to a centre crop (the usual choice)
 
@@ -85,18 +89,18 @@ class FileImages(torch.utils.data.Dataset):
                 box = crop.sample_box(img.width, img.height, random.Random(f"{self.epoch_seed}:{i}"))
                 out = img.resize((self.size, self.size), Image.Resampling.BILINEAR, box=box)
             else:
-                out = self._centre_crop(img)
+                out = centre_crop(img, self.size, self.decoding.crop_pct)
             pixels = torch.frombuffer(bytearray(out.tobytes()), dtype=torch.uint8)
         return pixels.view(self.size, self.size, 3).permute(2, 0, 1).contiguous(), int(self.split.labels[i])
 
-    def _centre_crop(self, img):
-        """Shorter side to ``size / crop_pct``, then the centre ``size x size``."""
-        from PIL import Image
 
-        short = max(self.size, math.floor(self.size / self.decoding.crop_pct))
-        scale = short / min(img.size)
-        width = max(short, round(img.width * scale))
-        height = max(short, round(img.height * scale))
-        resized = img.resize((width, height), Image.Resampling.BILINEAR)
-        left, top = (width - self.size) // 2, (height - self.size) // 2
-        return resized.crop((left, top, left + self.size, top + self.size))
+def centre_crop(img: PILImage, size: int, crop_pct: float) -> PILImage:
+    """Shorter side to ``size / crop_pct``, then the centre ``size x size``."""
+    from PIL import Image
+
+    short = max(size, math.floor(size / crop_pct))
+    scale = short / min(img.size)
+    width, height = max(short, round(img.width * scale)), max(short, round(img.height * scale))
+    resized = img.resize((width, height), Image.Resampling.BILINEAR)
+    left, top = (width - size) // 2, (height - size) // 2
+    return resized.crop((left, top, left + size, top + size))
