@@ -33,11 +33,11 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from kdcompress import engine
 from kdcompress.evaluate import autocast_for
 from kdcompress.methods import Progress
 from kdcompress.recipe import validate_recipe
 from kdcompress.runtime import setup_runtime
+from kdcompress.train import engine
 
 PAIRS = {
     "resnet32x4->resnet8x4": dict(teacher="cifar_resnet32x4", student="cifar_resnet8x4", size=32, batch=64),

@@ -1,10 +1,14 @@
 """kdcompress: compress image classifiers by knowledge distillation.
 
-Importing the package registers the CIFAR KD model zoo with timm (``cifar_*`` names) and the built-in
-distillation methods. The functional losses live in :mod:`kdcompress.losses`, the knowledge-quality
-metric in :mod:`kdcompress.quality`.
-"""
+Importing the package is cheap on purpose (the command line must start in well under a second), so it
+pulls in neither torch nor timm. Where things live:
 
-from kdcompress import methods, models  # noqa: F401  (registration side effects)
+- :mod:`kdcompress.losses`: the functional distillation losses; :mod:`kdcompress.quality`: the
+  knowledge-quality metric of a layer.
+- :mod:`kdcompress.models`: importing it registers the CIFAR KD zoo with timm (``cifar_*`` names).
+- :mod:`kdcompress.methods`: importing it registers the distillation methods.
+- :mod:`kdcompress.train`, :mod:`kdcompress.deploy`, :mod:`kdcompress.analysis`: training runs, deployable
+  files, and the measurements (layer probe, benchmarks).
+"""
 
 __version__ = "0.1.0"

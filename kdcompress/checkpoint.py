@@ -21,7 +21,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-STUDENT_FILE = "student.safetensors"
+STUDENT_FILE = "student.safetensors"  # the trained model in a run folder
+EXPORT_WEIGHTS = "model.safetensors"  # the trained model in an export folder (timm's local-dir name)
+WEIGHT_FILES = (STUDENT_FILE, EXPORT_WEIGHTS)
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.pt"
 LAST_DIR = "last"
@@ -34,7 +36,12 @@ def _default_mode() -> int:
     return 0o666 & ~umask
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    The one temp-file-then-rename in the project: every file a user keeps (checkpoints, exports, JSON,
+    plots) goes through it, so a crash or a full disk never leaves a half-written file under its name.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
@@ -48,11 +55,11 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda tmp: tmp.write_text(text))
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def write_bytes(path: Path, data: bytes) -> None:
-    _atomic(path, lambda tmp: tmp.write_bytes(data))
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -62,11 +69,13 @@ def write_json(path: Path, data: Any) -> None:
 def save_tensors(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     # Clone so tensors that share storage (tied weights, views) serialise independently.
     tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in state.items()}
-    _atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", **(metadata or {})}))
+    atomic_write(
+        path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", **(metadata or {})})
+    )
 
 
 def save_torch(path: Path, obj: Any) -> None:
-    _atomic(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 @contextmanager
@@ -97,6 +106,7 @@ def last_dir(run_dir: Path) -> Path | None:
 
 
 def model_config(
+    *,
     arch: str,
     num_classes: int,
     in_chans: int,

@@ -16,10 +16,14 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from kdcompress import checkpoint, engine
-from kdcompress.bench import onnx_latency, torch_latency
-from kdcompress.export import export, load_student, onnx_session
+from kdcompress import checkpoint
+from kdcompress.deploy.export import export
+from kdcompress.deploy.onnx import onnx_latency, onnx_session
+from kdcompress.errors import UserError
+from kdcompress.models.cost import torch_latency
 from kdcompress.recipe import Recipe, validate_recipe
+from kdcompress.run_folder import load_trained
+from kdcompress.train import engine
 
 TEACHER_ARCH = "resnet18"
 STUDENT_ARCH = "cifar_resnet8"
@@ -94,8 +98,6 @@ def prepare_out_dir(out_dir: Path) -> None:
     """Reuse a previous demo folder (recognised by its marker); refuse to touch anything else."""
     if out_dir.exists() and any(out_dir.iterdir()):
         if not (out_dir / MARKER).exists():
-            from kdcompress.errors import UserError
-
             raise UserError(f"'{out_dir}' exists and is not a kdcompress demo folder; pass another --out.")
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
@@ -120,8 +122,8 @@ def run_demo(
         out_dir / "kd", ["safetensors", "onnx"], out_dir / "kd" / "export", data_source="digits"
     )
 
-    teacher = load_student(teacher_dir)
-    student = load_student(out_dir / "kd")
+    teacher = load_trained(teacher_dir)
+    student = load_trained(out_dir / "kd")
     one = torch.randn(1, *student.input_size)
     onnx_ms = onnx_latency(onnx_session(exported.files["onnx"]), one).median_ms
     rows = [
@@ -137,7 +139,7 @@ def run_demo(
             STUDENT_ARCH,
             scratch.student_params,
             scratch.best_top1,
-            torch_latency(load_student(out_dir / "scratch").model, one).median_ms,
+            torch_latency(load_trained(out_dir / "scratch").model, one).median_ms,
         ),
         DemoRow(
             "student (KD)",

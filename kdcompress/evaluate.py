@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdcompress.data import Loader
+from kdcompress.models.modes import eval_mode
 from kdcompress.runtime import Runtime, all_reduce_sum
 
 
@@ -28,21 +29,19 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: Loader, runtime: Runtime, precision: str = "fp32") -> dict[str, float]:
     """Accuracy and mean cross-entropy; sums stay on the device until the single read at the end."""
-    was_training = model.training
-    model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=runtime.device)  # loss, top1, top5, count
-    for batch in loader.batches():
-        with autocast_for(runtime.device, precision):
-            logits = model(batch.images)
-        logits = logits.float()
-        k = min(5, logits.shape[1])
-        top = logits.topk(k, dim=1).indices
-        hits = top == batch.labels[:, None]
-        totals[0] += F.cross_entropy(logits, batch.labels, reduction="sum")
-        totals[1] += hits[:, 0].sum()
-        totals[2] += hits.any(dim=1).sum()
-        totals[3] += batch.labels.numel()
-    model.train(was_training)
+    with eval_mode(model):
+        for batch in loader.batches():
+            with autocast_for(runtime.device, precision):
+                logits = model(batch.images)
+            logits = logits.float()
+            k = min(5, logits.shape[1])
+            top = logits.topk(k, dim=1).indices
+            hits = top == batch.labels[:, None]
+            totals[0] += F.cross_entropy(logits, batch.labels, reduction="sum")
+            totals[1] += hits[:, 0].sum()
+            totals[2] += hits.any(dim=1).sum()
+            totals[3] += batch.labels.numel()
     loss, top1, top5, count = all_reduce_sum(totals, runtime).tolist()
     count = max(count, 1.0)
     return {"top1": 100.0 * top1 / count, "top5": 100.0 * top5 / count, "loss": loss / count}

@@ -118,10 +118,15 @@ class TrainSpec(_Section):
     teacher_cache_gb: float = Field(default=4.0, gt=0, description="memory budget of the teacher cache")
 
 
+ExportFormat = Literal["onnx", "safetensors"]
+ExportPrecision = Literal["fp32", "fp16", "int8"]
+Int8Mode = Literal["auto", "static", "dynamic"]
+
+
 class ExportSpec(_Section):
-    formats: list[Literal["onnx", "safetensors"]] = Field(default_factory=lambda: ["onnx", "safetensors"])
+    formats: list[ExportFormat] = Field(default_factory=lambda: ["onnx", "safetensors"])
     opset: int = Field(default=18, ge=11)
-    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    precision: ExportPrecision = "fp32"
 
 
 class PaperSpec(BaseModel):
@@ -150,6 +155,30 @@ class Recipe(_Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_none=False), sort_keys=False)
+
+
+class ProbeSpec(_Section):
+    """The knowledge-quality probe's own options (``kdcompress probe-layers``)."""
+
+    samples: int = Field(default=5000, ge=2, description="class-balanced training samples to probe")
+    top_k: int = Field(default=4, ge=1, description="how many layers to choose")
+    max_dim: int | None = Field(
+        default=None, gt=0, description="max-pool features to at most this many values"
+    )
+    batch_size: int = Field(default=128, gt=0)
+    device: str = "auto"
+
+
+class ProbeRecipe(_Section):
+    """What ``probe-layers`` reads: the teacher, the data it is probed on, and the probe's options.
+
+    A distillation recipe file works as well: its ``teacher`` and ``data`` sections are used, the rest
+    (student, method, optimiser) does not concern the probe and is ignored.
+    """
+
+    teacher: ModelSpec
+    data: DataSpec = Field(default_factory=DataSpec)
+    probe: ProbeSpec = Field(default_factory=ProbeSpec)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -182,9 +211,9 @@ def _known_fields(model: type[BaseModel]) -> list[str]:
     return list(model.model_fields)
 
 
-def _section_model(path: list[str]) -> type[BaseModel] | None:
+def _section_model(path: list[str], schema: type[BaseModel]) -> type[BaseModel] | None:
     """The schema class that owns the field at ``path`` (None when the section takes free keys)."""
-    model: type[BaseModel] = Recipe
+    model: type[BaseModel] = schema
     for key in path:
         field = model.model_fields.get(key)
         if field is None:
@@ -198,15 +227,16 @@ def _section_model(path: list[str]) -> type[BaseModel] | None:
     return model
 
 
-def apply_override(data: dict[str, Any], assignment: str) -> None:
-    """Apply one ``a.b.c=value`` override in place, rejecting paths the schema does not have."""
+def apply_override(data: dict[str, Any], assignment: str, schema: type[BaseModel] | None = None) -> None:
+    """Apply one ``a.b.c=value`` override in place, rejecting paths the schema (default: the training
+    :class:`Recipe`) does not have."""
     if "=" not in assignment:
         raise UserError(f"Override '{assignment}' needs the form key.path=value (e.g. train.epochs=3).")
     key, _, raw = assignment.partition("=")
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise UserError(f"Override '{assignment}' has an empty key; use e.g. train.epochs=3.")
-    owner = _section_model(parts[:-1])
+    owner = _section_model(parts[:-1], schema or Recipe)
     free_keys = owner is None or owner.model_config.get("extra") == "allow"
     if not free_keys and parts[-1] not in owner.model_fields:
         where = ".".join(parts[:-1]) or "the recipe"
@@ -258,6 +288,28 @@ def build_recipe(
     for assignment in overrides or []:
         apply_override(data, assignment)
     return validate_recipe(data)
+
+
+def build_probe_recipe(
+    recipe_file: str | Path | None = None,
+    flags: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+) -> ProbeRecipe:
+    """A :class:`ProbeRecipe` from a recipe file (only its ``teacher``, ``data`` and ``probe`` sections),
+    flag values and ``--set`` overrides, in that order."""
+    raw = read_yaml(recipe_file) if recipe_file else {}
+    data = {key: raw[key] for key in ("teacher", "data", "probe") if key in raw}
+    data = merge(data, flags or {})
+    for assignment in overrides or []:
+        apply_override(data, assignment, ProbeRecipe)
+    if not isinstance(data.get("teacher"), dict) or not data["teacher"].get("arch"):
+        raise UserError(
+            "Say which teacher to probe with --teacher ARCH (and its weights with --teacher-weights)."
+        )
+    try:
+        return ProbeRecipe.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(_format_validation_error(exc)) from None
 
 
 def validate_recipe(data: dict[str, Any]) -> Recipe:

@@ -68,17 +68,3 @@ def all_reduce_sum(tensor: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     if runtime.distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
-
-
-def broadcast_flag(flag: bool, runtime: Runtime) -> bool:
-    """Rank 0's value of a boolean, on every rank (for decisions only rank 0 can make)."""
-    if not runtime.distributed:
-        return flag
-    value = torch.tensor([int(flag)], device=runtime.device)
-    dist.broadcast(value, src=0)
-    return bool(value.item())
-
-
-def shutdown(runtime: Runtime) -> None:
-    if runtime.distributed and dist.is_initialized():
-        dist.destroy_process_group()

@@ -7,15 +7,9 @@ import json
 import pytest
 import torch
 
-from kdcompress.bench import (
-    Latency,
-    _size_kwargs,
-    count_flops,
-    flop_counts,
-    resolve_models,
-    torch_latency,
-)
+from kdcompress.analysis.bench import _size_kwargs, resolve_models
 from kdcompress.cli import app
+from kdcompress.models.cost import Latency, count_flops, flop_counts, torch_latency
 
 QUICK = ["--batch-sizes", "1,2", "--repeats", "2", "--device", "cpu"]
 MODEL_KEYS = {
@@ -117,4 +111,4 @@ def test_fixed_size_architectures_take_the_input_size():
     assert _size_kwargs("vit_tiny_patch16_224", (3, 224, 224)) == {}
     assert _size_kwargs("resnet18", (3, 32, 32)) == {}
     (bm,) = resolve_models(["cifar_resnet8"], input_size=(3, 16, 16), num_classes=3)
-    assert bm.input_size == (3, 16, 16) and bm.num_classes == 3 and not bm.from_folder
+    assert bm.input_size == (3, 16, 16) and bm.num_classes == 3 and bm.trained is None

@@ -118,10 +118,15 @@ def test_loader_is_reproducible_per_epoch_and_shards_disjointly():
     c = [b.indices for b in bundle.train_loader(16, cpu, seed=3).batches(epoch=3)]
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
-    shards = [torch.cat([b.indices for b in bundle.train_loader(8, cpu, 3, r, 2).batches(1)]) for r in (0, 1)]
+    shards = [
+        torch.cat([b.indices for b in bundle.train_loader(8, cpu, seed=3, rank=r, world=2).batches(1)])
+        for r in (0, 1)
+    ]
     assert len(set(shards[0].tolist()) & set(shards[1].tolist())) == 0
     assert len(shards[0]) + len(shards[1]) == 64
-    val = [torch.cat([b.indices for b in bundle.val_loader(5, cpu, r, 2).batches()]) for r in (0, 1)]
+    val = [
+        torch.cat([b.indices for b in bundle.val_loader(5, cpu, rank=r, world=2).batches()]) for r in (0, 1)
+    ]
     assert sorted(torch.cat(val).tolist()) == list(range(16))  # evaluation sees every sample once
 
 

@@ -15,11 +15,13 @@ import pytest
 import timm
 import torch
 
-import kdcompress  # noqa: F401  (registers the cifar_* zoo with timm)
+import kdcompress.models  # noqa: F401  (registers the cifar_* zoo with timm)
 from kdcompress import checkpoint
 from kdcompress.cli import app
-from kdcompress.export import Student, export_reduced, export_safetensors, load_student, onnx_session
-from kdcompress.quantize import Comparison, choose_int8_mode, drift_warning
+from kdcompress.deploy.export import ReducedOptions, export_reduced, export_safetensors
+from kdcompress.deploy.onnx import onnx_session
+from kdcompress.deploy.quantize import Comparison, choose_int8_mode, drift_warning
+from kdcompress.run_folder import TrainedModel, data_for_model, load_trained
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,7 @@ def _logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def test_zoo_student_loads_with_timm_alone(int8_export, teacher_run):
     folder, _ = int8_export
-    reference = load_student(teacher_run)
+    reference = load_trained(teacher_run)
     x = torch.randn(3, *reference.input_size, generator=torch.Generator().manual_seed(0))
     expected = _logits(reference.model, x)
     by_dir = timm.create_model(f"local-dir:{folder}", pretrained=True)
@@ -66,8 +68,10 @@ def test_zoo_student_loads_with_timm_alone(int8_export, teacher_run):
 
 def test_timm_architecture_loads_with_timm_alone(tmp_path):
     model = timm.create_model("resnet18", num_classes=7, in_chans=1).eval()
-    config = checkpoint.model_config("resnet18", 7, 1, 16, (0.5,), (0.25,))
-    export_safetensors(Student(model, config, tmp_path / "unused"), tmp_path)
+    config = checkpoint.model_config(
+        arch="resnet18", num_classes=7, in_chans=1, image_size=16, mean=(0.5,), std=(0.25,)
+    )
+    export_safetensors(TrainedModel(model, config, tmp_path / "unused"), tmp_path)
     x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(1))
     expected = _logits(model, x)
     by_dir = timm.create_model(f"local-dir:{tmp_path}", pretrained=True)
@@ -91,7 +95,7 @@ def test_timm_architecture_loads_with_timm_alone(tmp_path):
 def test_fp32_onnx_matches_pytorch(int8_export, teacher_run):
     folder, output = int8_export
     assert "on real inputs: max |diff|" in output and "on random inputs: max |diff|" in output
-    reference = load_student(teacher_run)
+    reference = load_trained(teacher_run)
     session = onnx_session(folder / "model.onnx")
     assert session.get_inputs()[0].shape[0] == "batch"
     x = torch.randn(5, *reference.input_size, generator=torch.Generator().manual_seed(2))
@@ -101,7 +105,7 @@ def test_fp32_onnx_matches_pytorch(int8_export, teacher_run):
 
 def test_int8_static_is_smaller_and_agrees(int8_export, teacher_run):
     folder, output = int8_export
-    assert choose_int8_mode(load_student(teacher_run).model, (1, 8, 8)) == "static"  # a conv net
+    assert choose_int8_mode(load_trained(teacher_run).model, (1, 8, 8)) == "static"  # a conv net
     fp32, int8 = folder / "model.onnx", folder / "model.int8.onnx"
     assert int8.is_file() and int8.stat().st_size < 0.5 * fp32.stat().st_size
     import onnx
@@ -118,16 +122,18 @@ def test_int8_static_is_smaller_and_agrees(int8_export, teacher_run):
 def test_fp16_and_dynamic_int8_from_the_same_fp32_file(int8_export, teacher_run, tmp_path):
     folder, _ = int8_export
     shutil.copy(folder / "model.onnx", tmp_path / "model.onnx")
-    student = load_student(teacher_run)
-    fp16 = export_reduced(tmp_path / "model.onnx", student, "fp16", "digits", verify_images=100)
+    student = load_trained(teacher_run)
+    data = data_for_model(student, "digits", train_limit=64, val_limit=100)
+    fp16 = export_reduced(tmp_path / "model.onnx", student, "fp16", data, ReducedOptions())
     assert fp16.path == tmp_path / "model.fp16.onnx" and fp16.path.is_file()
     session = onnx_session(fp16.path)
     assert session.get_inputs()[0].type == "tensor(float)"  # float32 in and out, fp16 inside
     c = fp16.comparison
     assert c.images == 100 and c.agreement >= 95.0 and 0 < c.max_abs_diff < 0.1
     assert c.reference_top1 is not None and abs(c.top1 - c.reference_top1) <= 5.0
+    data = data_for_model(student, "digits", val_limit=50)
     dynamic = export_reduced(
-        tmp_path / "model.onnx", student, "int8", "digits", int8_mode="dynamic", verify_images=50
+        tmp_path / "model.onnx", student, "int8", data, ReducedOptions(int8_mode="dynamic")
     )
     assert "dynamic" in dynamic.method and dynamic.comparison.images == 50
     assert dynamic.to_dict()["agreement"] == dynamic.comparison.agreement
@@ -145,7 +151,8 @@ def test_drift_beyond_the_threshold_is_a_warning_with_numbers():
 
 
 def test_parity_failure_exits_2_with_one_sentence(runner, teacher_run, int8_export, tmp_path, monkeypatch):
-    import kdcompress.export as export_module
+    import kdcompress.deploy.export as export_module
+    import kdcompress.deploy.onnx as onnx_module
 
     folder, _ = int8_export
 
@@ -155,7 +162,7 @@ def test_parity_failure_exits_2_with_one_sentence(runner, teacher_run, int8_expo
         return path
 
     monkeypatch.setattr(export_module, "export_onnx", fake_export)
-    monkeypatch.setattr(export_module, "onnx_max_difference", lambda path, model, x: 0.5)
+    monkeypatch.setattr(onnx_module, "max_difference", lambda session, model, x: 0.5)
     out = tmp_path / "bad"
     result = runner.invoke(app, ["export", str(teacher_run), "--format", "onnx", "--out", str(out)])
     assert result.exit_code == 2

@@ -15,7 +15,7 @@ from kdcompress import losses
 from kdcompress.cli import app
 from kdcompress.errors import UserError
 from kdcompress.methods import Progress, resolve_method
-from kdcompress.models.layers import FeatureTap
+from kdcompress.models.taps import FeatureTap
 
 STEP = Progress(epoch=1, step=0, steps_per_epoch=10)
 TINY = ["--data", "digits", "--epochs", "1", "--batch-size", "64", "--quiet"]
@@ -28,7 +28,7 @@ def _model(name: str, **kwargs):
 
 def _method(name: str, teacher, student, example, **options):
     cls, config = resolve_method(name, options)
-    return cls(student, teacher, config, example)
+    return cls.build(config, student, teacher, example)
 
 
 @pytest.fixture

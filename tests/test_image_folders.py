@@ -84,7 +84,7 @@ def train_images(folder, epoch: int, workers: int, seed: int = 0) -> torch.Tenso
     spec = DataSpec(
         source=f"imagefolder:{folder}", image_size=16, augment="resized_crop", num_workers=workers
     )
-    loader = load_data(spec).train_loader(6, torch.device("cpu"), seed, workers=workers)
+    loader = load_data(spec).train_loader(6, torch.device("cpu"), seed=seed, workers=workers)
     batch = next(iter(loader.batches(epoch)))
     return batch.images[batch.indices.argsort()]
 

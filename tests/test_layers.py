@@ -9,16 +9,10 @@ from torch import nn
 
 import kdcompress.models  # noqa: F401  (registers the CIFAR zoo)
 from kdcompress.errors import UserError
-from kdcompress.models.layers import (
-    FORWARD_FEATURES,
-    Connector,
-    FeatureTap,
-    candidate_layers,
-    check_layer_names,
-    middle_stage_layer,
-    stage_end_layers,
-)
+from kdcompress.models.connectors import Connector
+from kdcompress.models.layers import candidate_layers, check_layer_names, middle_stage_layer, stage_end_layers
 from kdcompress.models.stages import natural_stage_count, split_stages
+from kdcompress.models.taps import FORWARD_FEATURES, FeatureTap
 
 
 def _model(name: str, **kwargs) -> nn.Module:

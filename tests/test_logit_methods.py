@@ -43,7 +43,7 @@ def build(name: str, options: dict, images: torch.Tensor, student=None, teacher=
     cls, config = resolve_method(name, options)
     student = student if student is not None else tiny_net(1)
     teacher = teacher if teacher is not None else tiny_net(2)
-    return cls(student, teacher, config, images)
+    return cls.build(config, student, teacher, images)
 
 
 def run_step(method, images, labels, progress):
@@ -313,7 +313,10 @@ def test_method_defaults():
 
 
 def test_option_errors_are_user_errors():
-    with pytest.raises(UserError, match=r"Method 'dkd' has no option 'betta'; its options are: alpha, beta"):
+    with pytest.raises(
+        UserError,
+        match=r"Method 'dkd' has no option 'betta'; its options are: warmup, warmup_per_step, alpha, beta",
+    ):
         resolve_method("dkd", {"betta": 6})
     with pytest.raises(UserError, match=r"Method 'luminet' option 'temperature'"):
         resolve_method("luminet", {"temperature": 0})

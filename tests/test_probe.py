@@ -10,11 +10,12 @@ import timm
 import torch
 
 from kdcompress import quality
+from kdcompress.analysis.probe import MAX_VALUES, pooled_shape, probe_layers
 from kdcompress.cli import app
 from kdcompress.data import load_data
 from kdcompress.errors import UserError
-from kdcompress.models.layers import FeatureTap
-from kdcompress.probe import MAX_VALUES, align_layers, pooled_shape, probe_layers
+from kdcompress.methods.alignment import align_layers
+from kdcompress.models.taps import FeatureTap
 from kdcompress.recipe import DataSpec
 
 

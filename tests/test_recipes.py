@@ -13,7 +13,7 @@ from kdcompress.cli import app
 from kdcompress.errors import UserError
 from kdcompress.methods import resolve_method
 from kdcompress.recipe import read_yaml, validate_recipe
-from kdcompress.recipes_index import (
+from kdcompress.recipe_catalog import (
     RECIPES_ENV,
     list_recipes,
     recipe_files,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from kdcompress import engine
 from kdcompress.recipe import validate_recipe
-from kdcompress.report import CURVES_FILE, write_report
+from kdcompress.train import engine
+from kdcompress.train.report import CURVES_FILE, write_report
 from tests.conftest import tiny_recipe
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdcompress import checkpoint, engine
+from kdcompress import checkpoint
 from kdcompress.recipe import validate_recipe
+from kdcompress.train import engine
 from tests.conftest import tiny_recipe
 
 

@@ -11,9 +11,10 @@ import sys
 import pytest
 import torch
 
-from kdcompress import checkpoint, engine
+from kdcompress import checkpoint
 from kdcompress.recipe import validate_recipe
-from kdcompress.teacher_cache import TeacherCache
+from kdcompress.train import engine
+from kdcompress.train.teacher_cache import TeacherCache
 from tests.conftest import tiny_recipe
 
 
@@ -138,6 +139,8 @@ def test_compiled_distill_steps_match_eager(tmp_path, teacher_run):
         loss_compiled, *_ = compiled.train_step(b, progress)
         torch.testing.assert_close(loss_compiled, loss_eager, rtol=1e-4, atol=1e-5)
     for (name, w_eager), w_compiled in zip(
-        eager.p.student.state_dict().items(), compiled.p.student.state_dict().values(), strict=True
+        eager.prepared.student.state_dict().items(),
+        compiled.prepared.student.state_dict().values(),
+        strict=True,
     ):
         torch.testing.assert_close(w_compiled, w_eager, rtol=1e-4, atol=1e-5, msg=name)

@@ -1,10 +1,14 @@
-"""The ``kdcompress`` command line: thin wrappers that build a Recipe and call the library."""
+"""The ``kdcompress`` command line: thin wrappers that build a Recipe and call the library.
+
+Every command module imports torch, timm and the library inside its command function, never at module
+level: ``kdcompress --help`` (and every ``<verb> --help``) must not pay for them.
+"""
 
 from __future__ import annotations
 
 import typer
 
-from kdcompress.cli import bench, demo, deploy, probe, recipes, training
+from kdcompress.cli import bench, demo, evaluate, export, probe, recipes, training
 
 app = typer.Typer(
     name="kdcompress",
@@ -14,7 +18,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (demo, training, deploy, recipes, probe, bench):
+for module in (demo, training, evaluate, export, recipes, probe, bench):
     module.register(app)
 
 

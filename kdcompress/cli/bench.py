@@ -10,6 +10,7 @@ from rich.table import Table
 
 from kdcompress.cli.common import DataOpt, console, err_console, guarded
 from kdcompress.errors import UserError
+from kdcompress.formatting import si
 
 
 def _int_list(text: str, what: str, count: int | None = None) -> list[int]:
@@ -24,12 +25,7 @@ def _int_list(text: str, what: str, count: int | None = None) -> list[int]:
 
 
 def _si(value: float | None, unit: str = "") -> str:
-    if value is None:
-        return "-"
-    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= factor:
-            return f"{value / factor:.2f} {prefix}{unit}"
-    return f"{value:.0f} {unit}".rstrip()
+    return si(value, unit, missing="-")
 
 
 def _x(value: float | None, word: str) -> str:
@@ -147,7 +143,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Parameters, FLOPs, size, latency and throughput (PyTorch, optionally onnxruntime), side by side."""
         from kdcompress import checkpoint
-        from kdcompress.bench import run_bench
+        from kdcompress.analysis.bench import run_bench
 
         if len(models) > 2:
             raise UserError("Pass one model, or a teacher and a student (two arguments at most).")

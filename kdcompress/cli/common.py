@@ -30,9 +30,7 @@ def guarded(command: F) -> F:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
-            err_console.print(
-                "[yellow]interrupted[/]: the last completed epoch is kept; continue with --resume."
-            )
+            err_console.print("[yellow]interrupted[/].")
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]

@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Table of the shipped recipes: name, teacher -> student, method, paper top-1 and its source."""
-        from kdcompress.recipes_index import list_recipes, recipes_root
+        from kdcompress.recipe_catalog import list_recipes, recipes_root
 
         entries = list_recipes()
         if contains:
@@ -89,7 +89,7 @@ def register(app: typer.Typer) -> None:
         name: Annotated[str, typer.Argument(help="Recipe name from `kdcompress recipes list`, or a path.")],
     ) -> None:
         """Print a recipe's YAML (highlighted on a terminal, plain when piped)."""
-        from kdcompress.recipes_index import resolve_recipe_path
+        from kdcompress.recipe_catalog import resolve_recipe_path
 
         path = resolve_recipe_path(name)
         text = path.read_text()

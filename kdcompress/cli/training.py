@@ -28,7 +28,7 @@ from kdcompress.cli.common import (
 )
 from kdcompress.errors import UserError
 from kdcompress.recipe import build_recipe, merge
-from kdcompress.recipes_index import resolve_recipe_path
+from kdcompress.recipe_catalog import resolve_recipe_path
 
 
 def _run(
@@ -39,7 +39,7 @@ def _run(
     resume: bool,
     quiet: bool,
 ) -> None:
-    from kdcompress import engine
+    from kdcompress.train import engine
 
     if out is None:
         raise UserError("Say where the run goes with --out DIR.")

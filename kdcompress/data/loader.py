@@ -47,6 +47,11 @@ class ImageFormat:
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one image as the model sees it."""
+        return (self.channels, self.size, self.size)
+
 
 def image_format(dataset: Dataset, image_size: int | None, channels: int | None) -> ImageFormat:
     """The model-side image format for a dataset under the recipe's size and channel choices."""
@@ -121,8 +126,11 @@ class DeviceTransform:
         return x.contiguous()
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    # Mixing with a large odd constant keeps epochs of nearby seeds from sharing streams.
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The one seed of (run seed, epoch): data order, augmentation views and the engine's torch RNG.
+
+    Mixing with a large odd constant keeps epochs of nearby seeds from sharing streams.
+    """
     return seed * 1_000_003 + epoch
 
 
@@ -133,6 +141,7 @@ class Loader:
         self,
         split: Split,
         transform: DeviceTransform,
+        *,
         batch_size: int,
         device: torch.device,
         train: bool,
@@ -159,7 +168,7 @@ class Loader:
         """This rank's sample order and view ids for an epoch."""
         n = len(self.split)
         if self.train:
-            gen = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+            gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
             order = torch.randperm(n, generator=gen)
             views = self.transform.sample_views(n, gen)
         else:
@@ -198,8 +207,8 @@ class Loader:
     def _file_batches(
         self, epoch: int, order: torch.Tensor, views: torch.Tensor | None, steps: int, identity: int
     ) -> Iterator[Batch]:
-        epoch_seed = _epoch_seed(self.seed, epoch) if self.train else None
-        dataset = FileImages(self.split, self.transform.fmt.size, self.decoding, epoch_seed)  # type: ignore[arg-type]
+        seed = epoch_seed(self.seed, epoch) if self.train else None
+        dataset = FileImages(self.split, self.transform.fmt.size, self.decoding, seed)  # type: ignore[arg-type]
         subset = torch.utils.data.Subset(dataset, order[: steps * self.batch_size].tolist())
         loader = torch.utils.data.DataLoader(
             subset,

@@ -5,6 +5,10 @@ A method sees the frozen teacher but does not register it as a submodule, so ``p
 contribution is split into :meth:`Method.teacher_outputs` (no gradients, possibly served from a cache)
 and :meth:`Method.forward` (the student side), which returns the student's logits and a dict of
 *weighted* loss terms whose sum is the training loss.
+
+A method is built in two steps, once (:meth:`Method.build`): :meth:`Method.resolve_config` fills in what
+needs the data or the models (layer pairs, stage counts) and is what the run's ``recipe.yaml`` records;
+the constructor then trusts that resolved config.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 if TYPE_CHECKING:
@@ -48,6 +52,29 @@ def warmup_factor(progress: Progress, warmup_epochs: float, per_step: bool = Fal
     return min(elapsed / warmup_epochs, 1.0)
 
 
+def ce_weight(default: float) -> Any:
+    """The ``w_ce`` field: the weight of the student's own cross-entropy term."""
+    return Field(default=default, ge=0, description="weight of the student's cross-entropy term")
+
+
+def warmup_epochs(default: float) -> Any:
+    """The ``warmup`` field: epochs of the linear ramp ``min(epoch / warmup, 1)`` of the distillation term."""
+    return Field(
+        default=default, ge=0, description="epochs of the linear ramp min(epoch / warmup, 1) (0: none)"
+    )
+
+
+class WarmupConfig(MethodConfig):
+    """Options of a method whose distillation term ramps up linearly (DKD, NKD, LumiNet, SDD)."""
+
+    warmup: float = warmup_epochs(0.0)
+    warmup_per_step: bool = Field(default=False, description="ramp per step instead of per epoch")
+
+    def ramp(self, progress: Progress) -> float:
+        """The warm-up factor of the distillation term at ``progress``."""
+        return warmup_factor(progress, self.warmup, self.warmup_per_step)
+
+
 def freeze(model: nn.Module) -> nn.Module:
     """Put a teacher in eval mode (running BN statistics) with no trainable parameters."""
     model.eval()
@@ -77,11 +104,33 @@ class Method(nn.Module):
 
     @classmethod
     def resolve_config(
-        cls, config: MethodConfig, data: DataBundle, student: nn.Module, teacher: nn.Module | None
+        cls,
+        config: MethodConfig,
+        *,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        input_shape: tuple[int, ...],
+        data: DataBundle | None = None,
     ) -> MethodConfig:
-        """Fill in options that need the training data before the method is built (e.g. ``--align auto``
-        probing teacher layers). The returned config is what the resolved recipe records."""
+        """Fill in options that need the models or the training data before the method is built (layer
+        pairs, stage counts; ``data`` only for ``--align auto``, which probes the teacher on it). The
+        returned config is what the resolved recipe records."""
         return config
+
+    @classmethod
+    def build(
+        cls,
+        config: MethodConfig,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        example: torch.Tensor,
+        data: DataBundle | None = None,
+    ) -> Method:
+        """Resolve ``config`` once against the models (and data), then construct the method from it."""
+        resolved = cls.resolve_config(
+            config, student=student, teacher=teacher, input_shape=tuple(example.shape[1:]), data=data
+        )
+        return cls(student, teacher, resolved, example)
 
     def train(self, mode: bool = True) -> Method:
         super().train(mode)

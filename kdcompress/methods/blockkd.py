@@ -33,7 +33,8 @@ from torch import nn
 from kdcompress import losses
 from kdcompress.methods.base import Method, MethodConfig, Progress
 from kdcompress.methods.registry import register
-from kdcompress.models.layers import Connector
+from kdcompress.models.connectors import Connector
+from kdcompress.models.modes import eval_mode
 from kdcompress.models.stages import natural_stage_count, split_stages
 
 #: Default cap on the number of stages (a ViT would otherwise give one stepping stone per block).
@@ -64,16 +65,14 @@ class BlockKD(Method):
     Config = BlockKDConfig
 
     @classmethod
-    def resolve_config(cls, config, data, student, teacher):
-        n = config.num_stages or _default_stages(student, teacher)
-        split_stages(student, n, "student")  # raise now, before anything is built, if n does not fit
-        split_stages(teacher, n, "teacher")
-        return config.model_copy(update={"num_stages": n})
+    def resolve_config(cls, config, *, student, teacher, input_shape, data=None):
+        return config.model_copy(
+            update={"num_stages": config.num_stages or _default_stages(student, teacher)}
+        )
 
     def __init__(self, student, teacher, config: BlockKDConfig, example: torch.Tensor):
-        n = config.num_stages or _default_stages(student, teacher)
-        config = config.model_copy(update={"num_stages": n})
         super().__init__(student, teacher, config, example)
+        n = config.num_stages
         # Splits reference the models' own modules; kept out of the module tree (no duplicate params).
         self.__dict__["s_split"] = split_stages(student, n, "student")
         self.__dict__["t_split"] = split_stages(teacher, n, "teacher")
@@ -85,17 +84,12 @@ class BlockKD(Method):
 
     @staticmethod
     def _stage_shapes(model: nn.Module, split, example: torch.Tensor) -> list[tuple[int, ...]]:
-        was_training = model.training
-        model.eval()
         shapes = []
-        try:
-            with torch.no_grad():
-                x = split.stem(example)
-                for stage in split.stages:
-                    x = stage(x)
-                    shapes.append(tuple(x.shape[1:]))
-        finally:
-            model.train(was_training)
+        with eval_mode(model), torch.no_grad():
+            x = split.stem(example)
+            for stage in split.stages:
+                x = stage(x)
+                shapes.append(tuple(x.shape[1:]))
         return shapes
 
     def stepping_stones(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

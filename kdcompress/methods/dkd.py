@@ -6,11 +6,11 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from kdcompress import losses
-from kdcompress.methods.base import Method, MethodConfig, Progress, warmup_factor
+from kdcompress.methods.base import Method, Progress, WarmupConfig, ce_weight, warmup_epochs
 from kdcompress.methods.registry import register
 
 
-class DKDConfig(MethodConfig):
+class DKDConfig(WarmupConfig):
     """CIFAR defaults of the official code; per-pair ``beta`` (2, 6 or 8) lives in the recipes.
 
     ImageNet recipes use ``temperature: 1``, ``warmup: 1`` and ``beta`` 0.5 (ResNet34 -> ResNet18) or 2
@@ -20,9 +20,8 @@ class DKDConfig(MethodConfig):
     alpha: float = Field(default=1.0, ge=0, description="weight of TCKD (target vs rest)")
     beta: float = Field(default=8.0, ge=0, description="weight of NCKD (among non-targets)")
     temperature: float = Field(default=4.0, gt=0)
-    w_ce: float = Field(default=1.0, ge=0)
-    warmup: float = Field(default=20.0, ge=0, description="epochs of the linear ramp min(epoch / warmup, 1)")
-    warmup_per_step: bool = Field(default=False, description="ramp per step instead of per epoch")
+    w_ce: float = ce_weight(1.0)
+    warmup: float = warmup_epochs(20.0)
 
 
 @register
@@ -34,6 +33,5 @@ class DKD(Method):
     def forward(self, images, labels, progress: Progress, teacher_out):
         logits = self.student(images)
         cfg = self.config
-        ramp = warmup_factor(progress, cfg.warmup, cfg.warmup_per_step)
         distill = losses.dkd(logits, teacher_out, labels, cfg.alpha, cfg.beta, cfg.temperature)
-        return logits, {"ce": cfg.w_ce * F.cross_entropy(logits, labels), "dkd": ramp * distill}
+        return logits, {"ce": cfg.w_ce * F.cross_entropy(logits, labels), "dkd": cfg.ramp(progress) * distill}

@@ -14,15 +14,14 @@ same time by plain cross-entropy (weight 1). Token features (ViT) are pooled ove
 counts differ; a CNN map paired with tokens is compared as a flattened ``[B, C, L]`` sequence.
 
 Layer choice (``align``): ``stages`` (default) pairs the last K stage ends of each model; ``auto`` probes
-the teacher (``kdcompress.probe``: the K highest-Q layers in depth order) on a class-balanced sample of the
-training split and pairs them with the student's K stage ends; ``manual`` uses ``teacher_layers`` and
-``student_layers``. Layers given explicitly are always used (a resumed run keeps the layers its first run
-recorded in ``recipe.yaml``).
+the teacher (``kdcompress.analysis.probe``: the K highest-Q layers in depth order) on a class-balanced
+sample of the training split and pairs them with the student's K stage ends; ``manual`` uses
+``teacher_layers`` and ``student_layers``. Layers given explicitly are always used (a resumed run keeps
+the layers its first run recorded in ``recipe.yaml``).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import torch
@@ -30,11 +29,12 @@ import torch.nn.functional as F
 from pydantic import Field, PrivateAttr
 from torch import nn
 
-from kdcompress.errors import UserError
+from kdcompress.methods.alignment import align_layers
 from kdcompress.methods.base import Method, MethodConfig, Progress
 from kdcompress.methods.registry import register
-from kdcompress.models.layers import FeatureTap, channels_first, feature_kind, pool_to, tapped_shapes
-from kdcompress.probe import align_layers
+from kdcompress.models.connectors import PairLayout
+from kdcompress.models.modes import eval_mode
+from kdcompress.models.taps import FeatureTap, tapped_shapes
 
 
 class FeatKDConfig(MethodConfig):
@@ -51,58 +51,6 @@ class FeatKDConfig(MethodConfig):
     _probe_scores: dict[str, float] | None = PrivateAttr(default=None)
 
 
-class _Pair:
-    """Shapes and layouts of one (student, teacher) pair and the common size they are compared at."""
-
-    def __init__(self, s_shape: tuple[int, ...], t_shape: tuple[int, ...]) -> None:
-        self.s_kind, self.t_kind = feature_kind(s_shape), feature_kind(t_shape)
-        self.as_map = self.s_kind == self.t_kind == "map"
-        s_cf = _cf_shape(s_shape, self.s_kind, self.as_map)
-        t_cf = _cf_shape(t_shape, self.t_kind, self.as_map)
-        self.s_channels, self.t_channels = s_cf[0], t_cf[0]
-        self.size = tuple(min(a, b) for a, b in zip(s_cf[1:], t_cf[1:], strict=True))
-
-    def prepare(self, x: torch.Tensor, kind: str) -> torch.Tensor:
-        """Channels-first, flattened to ``[B, C, L]`` unless both sides are maps, pooled to ``size``."""
-        x = channels_first(x, kind)
-        if not self.as_map:
-            x = x.flatten(2)
-        return pool_to(x, self.size)
-
-
-def _cf_shape(shape: tuple[int, ...], kind: str, as_map: bool) -> tuple[int, ...]:
-    if kind == "map":
-        return shape if as_map else (shape[0], math.prod(shape[1:]))
-    if kind == "tokens":
-        return (shape[1], shape[0])
-    return (shape[0], 1)
-
-
-def _align(config: FeatKDConfig, teacher, student, input_shape: tuple[int, ...], data=None):
-    """The layer pairs for ``config`` (probing ``data`` for --align auto) and the config naming them."""
-    alignment = align_layers(
-        config.align,
-        teacher,
-        student,
-        input_shape,
-        config.num_pairs,
-        teacher_layers=config.teacher_layers,
-        student_layers=config.student_layers,
-        data=data,
-        probe_samples=config.probe_samples,
-        probe_device=config.probe_device,
-        method="featkd",
-    )
-    resolved = config.model_copy(
-        update={
-            "teacher_layers": alignment.teacher_layers,
-            "student_layers": alignment.student_layers,
-            "num_pairs": len(alignment.teacher_layers),
-        }
-    )
-    return alignment, resolved
-
-
 @register
 class FeatKD(Method):
     name = "featkd"
@@ -110,35 +58,43 @@ class FeatKD(Method):
     Config = FeatKDConfig
 
     @classmethod
-    def resolve_config(cls, config, data, student, teacher):
-        fmt = data.fmt
-        alignment, resolved = _align(config, teacher, student, (fmt.channels, fmt.size, fmt.size), data)
+    def resolve_config(cls, config, *, student, teacher, input_shape, data=None):
+        alignment = align_layers(
+            config.align,
+            teacher,
+            student,
+            input_shape,
+            config.num_pairs,
+            teacher_layers=config.teacher_layers,
+            student_layers=config.student_layers,
+            data=data,
+            probe_samples=config.probe_samples,
+            probe_device=config.probe_device,
+            method="featkd",
+        )
+        resolved = config.model_copy(
+            update={
+                "teacher_layers": alignment.teacher_layers,
+                "student_layers": alignment.student_layers,
+                "num_pairs": len(alignment.teacher_layers),
+            }
+        )
         if alignment.probe is not None:
             scores = alignment.probe.scores()
             resolved._probe_scores = {name: scores[name] for name in alignment.teacher_layers}
         return resolved
 
     def __init__(self, student, teacher, config: FeatKDConfig, example: torch.Tensor):
-        if config.align == "auto" and not config.teacher_layers:
-            raise UserError(
-                "featkd with --align auto chooses its layers from the training data: build it through "
-                "FeatKD.resolve_config (as `kdcompress distill` does) or name the layers."
-            )
-        alignment, config = _align(config, teacher, student, tuple(example.shape[1:]))
         super().__init__(student, teacher, config, example)
-        self.teacher_layers = list(alignment.teacher_layers)
-        self.student_layers = list(alignment.student_layers)
+        self.teacher_layers = list(config.teacher_layers)
+        self.student_layers = list(config.student_layers)
         s_shapes = tapped_shapes(student, self.student_layers, example)
         t_shapes = tapped_shapes(teacher, self.teacher_layers, example)
         self.pairs = [
-            _Pair(s_shapes[s], t_shapes[t])
+            PairLayout(s_shapes[s], t_shapes[t])
             for s, t in zip(self.student_layers, self.teacher_layers, strict=True)
         ]
-        conv = [nn.Conv2d if p.as_map else nn.Conv1d for p in self.pairs]
-        self.projectors = nn.ModuleList(
-            c(p.s_channels, p.t_channels, kernel_size=1, bias=False)
-            for c, p in zip(conv, self.pairs, strict=True)
-        )
+        self.projectors = nn.ModuleList(pair.projection(bias=False) for pair in self.pairs)
         self.detach_layer = self._deepest(student, self.student_layers, example)
         # Built once (not nn.Modules, so nothing is registered); hooks are attached per call only.
         self.__dict__["_student_tap"] = FeatureTap(
@@ -149,14 +105,9 @@ class FeatKD(Method):
     @staticmethod
     def _deepest(model: nn.Module, names: list[str], example: torch.Tensor) -> str:
         """The student layer whose output is produced last in a forward pass."""
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                tap = FeatureTap(model, names)
-                tap.run(example)
-        finally:
-            model.train(was_training)
+        tap = FeatureTap(model, names)
+        with eval_mode(model), torch.no_grad():
+            tap.run(example)
         return tap.order[-1] if tap.order else names[-1]
 
     def teacher_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -165,7 +116,7 @@ class FeatKD(Method):
         with torch.inference_mode():
             tap.run(images)
             feats = tuple(
-                pair.prepare(tap.features[name], pair.t_kind)
+                pair.to_common(tap.features[name], "teacher")
                 for pair, name in zip(self.pairs, self.teacher_layers, strict=True)
             )
         tap.features = {}
@@ -179,7 +130,7 @@ class FeatKD(Method):
         for pair, projector, name, target in zip(
             self.pairs, self.projectors, self.student_layers, teacher_out, strict=True
         ):
-            projected = projector(pair.prepare(tap.features[name], pair.s_kind))
+            projected = projector(pair.to_common(tap.features[name], "student"))
             total = total + F.mse_loss(projected.float(), target.float())
         tap.features = {}  # drop the references (the graph keeps what backward needs)
         feat = self.config.w_feat * total / len(self.pairs)

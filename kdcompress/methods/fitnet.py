@@ -8,7 +8,7 @@ interpolated (smaller) to the teacher's spatial size. ``w = 100`` and the hint a
 (``FITNET.LOSS.FEAT_WEIGHT = 100``, ``FITNET.HINT_LAYER = 2``).
 
 ``align``: ``stages`` (default) uses the middle stage end of each model; ``auto`` takes the teacher
-layer with the highest knowledge quality Q (``kdcompress.probe``) and the student's middle stage end;
+layer with the highest knowledge quality Q (``kdcompress.analysis.probe``) and the student's middle stage end;
 ``manual`` needs ``teacher_layer`` and ``student_layer``. Layers given explicitly are always used.
 """
 
@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, PrivateAttr
 
-from kdcompress.errors import UserError
+from kdcompress.methods.alignment import align_layers
 from kdcompress.methods.base import Method, MethodConfig, Progress
 from kdcompress.methods.registry import register
-from kdcompress.models.layers import Connector, FeatureTap, tapped_shapes
-from kdcompress.probe import Alignment, align_layers
+from kdcompress.models.connectors import Connector
+from kdcompress.models.taps import FeatureTap, tapped_shapes
 
 
 class FitNetConfig(MethodConfig):
@@ -40,23 +40,6 @@ class FitNetConfig(MethodConfig):
     _probe_score: float | None = PrivateAttr(default=None)
 
 
-def _align(config: FitNetConfig, teacher, student, input_shape, data=None) -> Alignment:
-    return align_layers(
-        config.align,
-        teacher,
-        student,
-        input_shape,
-        1,
-        teacher_layers=[config.teacher_layer] if config.teacher_layer else None,
-        student_layers=[config.student_layer] if config.student_layer else None,
-        default="middle",
-        data=data,
-        probe_samples=config.probe_samples,
-        probe_device=config.probe_device,
-        method="fitnet",
-    )
-
-
 @register
 class FitNet(Method):
     name = "fitnet"
@@ -64,9 +47,21 @@ class FitNet(Method):
     Config = FitNetConfig
 
     @classmethod
-    def resolve_config(cls, config, data, student, teacher):
-        fmt = data.fmt
-        alignment = _align(config, teacher, student, (fmt.channels, fmt.size, fmt.size), data)
+    def resolve_config(cls, config, *, student, teacher, input_shape, data=None):
+        alignment = align_layers(
+            config.align,
+            teacher,
+            student,
+            input_shape,
+            1,
+            teacher_layers=[config.teacher_layer] if config.teacher_layer else None,
+            student_layers=[config.student_layer] if config.student_layer else None,
+            default="middle",
+            data=data,
+            probe_samples=config.probe_samples,
+            probe_device=config.probe_device,
+            method="fitnet",
+        )
         resolved = config.model_copy(
             update={
                 "teacher_layer": alignment.teacher_layers[0],
@@ -78,18 +73,6 @@ class FitNet(Method):
         return resolved
 
     def __init__(self, student, teacher, config: FitNetConfig, example: torch.Tensor):
-        if config.align == "auto" and not config.teacher_layer:
-            raise UserError(
-                "fitnet with --align auto chooses its hint from the training data: build it through "
-                "FitNet.resolve_config (as `kdcompress distill` does) or name the layers."
-            )
-        alignment = _align(config, teacher, student, tuple(example.shape[1:]))
-        config = config.model_copy(
-            update={
-                "teacher_layer": alignment.teacher_layers[0],
-                "student_layer": alignment.student_layers[0],
-            }
-        )
         super().__init__(student, teacher, config, example)
         self.teacher_layer = config.teacher_layer
         self.student_layer = config.student_layer

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from kdcompress import losses
-from kdcompress.methods.base import Method, MethodConfig, Progress
+from kdcompress.methods.base import Method, MethodConfig, Progress, ce_weight
 from kdcompress.methods.registry import register
 
 
@@ -14,7 +14,7 @@ class KDConfig(MethodConfig):
     """CIFAR defaults from the paper protocol; ImageNet recipes use T=1 and 0.5 / 0.5."""
 
     temperature: float = Field(default=4.0, gt=0)
-    w_ce: float = Field(default=0.1, ge=0)
+    w_ce: float = ce_weight(0.1)
     w_kd: float = Field(default=0.9, ge=0)
 
 

@@ -16,19 +16,18 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from kdcompress import losses
-from kdcompress.methods.base import Method, MethodConfig, Progress, warmup_factor
+from kdcompress.methods.base import Method, Progress, WarmupConfig, ce_weight, warmup_epochs
 from kdcompress.methods.registry import register
 
 
-class LumiNetConfig(MethodConfig):
+class LumiNetConfig(WarmupConfig):
     """Defaults for pairs without a released config; per-pair values (e.g. resnet32x4 -> resnet8x4:
     alpha 33, T 4, w_ce 2) live in the recipes. ImageNet: alpha 2, T 0.7, w_ce 1, warm-up 1."""
 
     alpha: float = Field(default=31.0, ge=0, description="the LumiNet term is weighted alpha ** 2")
     temperature: float = Field(default=4.0, gt=0)
-    w_ce: float = Field(default=2.0, ge=0)
-    warmup: float = Field(default=20.0, ge=0, description="epochs of the linear ramp min(epoch / warmup, 1)")
-    warmup_per_step: bool = Field(default=False, description="ramp per step instead of per epoch")
+    w_ce: float = ce_weight(2.0)
+    warmup: float = warmup_epochs(20.0)
     global_stats: bool = Field(
         default=False, description="under DDP, standardise over the global batch (all-gather)"
     )
@@ -69,9 +68,8 @@ class LumiNet(Method):
         if cfg.global_stats and _world_size() > 1:
             student = gather_batch(logits, differentiable=True)
             teacher = gather_batch(teacher_out.detach(), differentiable=False)
-        ramp = warmup_factor(progress, cfg.warmup, cfg.warmup_per_step)
         distill = losses.luminet(student, teacher, cfg.temperature)
         return logits, {
             "ce": cfg.w_ce * F.cross_entropy(logits, labels),
-            "luminet": ramp * cfg.alpha**2 * distill,
+            "luminet": cfg.ramp(progress) * cfg.alpha**2 * distill,
         }

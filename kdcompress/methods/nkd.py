@@ -11,19 +11,17 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from kdcompress import losses
-from kdcompress.methods.base import Method, MethodConfig, Progress, warmup_factor
+from kdcompress.methods.base import Method, Progress, WarmupConfig, ce_weight
 from kdcompress.methods.registry import register
 
 
-class NKDConfig(MethodConfig):
+class NKDConfig(WarmupConfig):
     """Defaults of the NKD paper and code: gamma 1.5, T 1, CE and NKD weighted 1 each, no warm-up."""
 
     gamma: float = Field(default=1.5, ge=0, description="weight of the non-target term")
     temperature: float = Field(default=1.0, gt=0, description="temperature of the non-target softmax")
-    w_ce: float = Field(default=1.0, ge=0)
+    w_ce: float = ce_weight(1.0)
     w_nkd: float = Field(default=1.0, ge=0)
-    warmup: float = Field(default=0.0, ge=0, description="epochs of the linear ramp (0: none)")
-    warmup_per_step: bool = Field(default=False, description="ramp per step instead of per epoch")
 
 
 @register
@@ -35,6 +33,8 @@ class NKD(Method):
     def forward(self, images, labels, progress: Progress, teacher_out):
         logits = self.student(images)
         cfg = self.config
-        ramp = warmup_factor(progress, cfg.warmup, cfg.warmup_per_step)
         distill = losses.nkd(logits, teacher_out, labels, cfg.gamma, cfg.temperature)
-        return logits, {"ce": cfg.w_ce * F.cross_entropy(logits, labels), "nkd": ramp * cfg.w_nkd * distill}
+        return logits, {
+            "ce": cfg.w_ce * F.cross_entropy(logits, labels),
+            "nkd": cfg.ramp(progress) * cfg.w_nkd * distill,
+        }

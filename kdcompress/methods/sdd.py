@@ -43,8 +43,9 @@ from torch import Tensor, nn
 
 from kdcompress import losses
 from kdcompress.errors import UserError
-from kdcompress.methods.base import Method, MethodConfig, Progress, warmup_factor
+from kdcompress.methods.base import Method, Progress, WarmupConfig
 from kdcompress.methods.registry import register, register_alias
+from kdcompress.models.modes import eval_mode
 
 #: Per-base defaults for the options whose schema default is None.
 BASE_DEFAULTS: dict[str, dict[str, float]] = {
@@ -56,7 +57,7 @@ BASE_DEFAULTS: dict[str, dict[str, float]] = {
 _BASE_ONLY: dict[str, str] = {"alpha": "dkd", "beta": "dkd", "gamma": "nkd"}
 
 
-class SDDConfig(MethodConfig):
+class SDDConfig(WarmupConfig):
     """Options of SDD; ``None`` means the default of the chosen ``base`` (see the module docstring)."""
 
     base: Literal["kd", "dkd", "nkd"] = Field(default="kd", description="logit loss applied per region")
@@ -77,7 +78,6 @@ class SDDConfig(MethodConfig):
     w_ce: float | None = Field(default=None, ge=0)
     w_sdd: float | None = Field(default=None, ge=0)
     warmup: float | None = Field(default=None, ge=0, description="epochs of the linear ramp (0: none)")
-    warmup_per_step: bool = Field(default=False, description="ramp per step instead of per epoch")
 
     @model_validator(mode="before")
     @classmethod
@@ -178,38 +178,33 @@ def check_local_head(
 ) -> None:
     """Raise :class:`UserError` unless ``model``'s region-0 local logits equal its normal output."""
     arch = _arch_name(model)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            features = model.forward_features(example)
-            if not isinstance(features, Tensor) or features.dim() != 4:
-                shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
-                raise UserError(
-                    f"SDD needs a [B, C, H, W] feature map from the {role} '{arch}', but its "
-                    f"forward_features() gives {shape}; use a CNN (token models have no grid to split)."
-                )
-            expected = model(example)
-            try:
-                region0 = losses.local_logits(features, head, (1,))[:, :, 0]
-            except Exception as exc:  # any failure here means the head cannot score pooled cells
-                raise UserError(
-                    f"SDD cannot apply the head of the {role} '{arch}' to pooled regions "
-                    f"({type(exc).__name__}); it needs a head that starts with global average pooling."
-                ) from None
-            scale = max(1.0, float(expected.detach().abs().max())) if isinstance(expected, Tensor) else 1.0
-            if (
-                not isinstance(expected, Tensor)
-                or region0.shape != expected.shape
-                or not torch.allclose(region0.float(), expected.float(), rtol=1e-4, atol=1e-4 * scale)
-            ):
-                raise UserError(
-                    f"The head of the {role} '{arch}' is not global average pooling followed by layers "
-                    "that can score each region (its logits differ from SDD's global region); SDD "
-                    "cannot distill this model."
-                )
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        features = model.forward_features(example)
+        if not isinstance(features, Tensor) or features.dim() != 4:
+            shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+            raise UserError(
+                f"SDD needs a [B, C, H, W] feature map from the {role} '{arch}', but its "
+                f"forward_features() gives {shape}; use a CNN (token models have no grid to split)."
+            )
+        expected = model(example)
+        try:
+            region0 = losses.local_logits(features, head, (1,))[:, :, 0]
+        except Exception as exc:  # any failure here means the head cannot score pooled cells
+            raise UserError(
+                f"SDD cannot apply the head of the {role} '{arch}' to pooled regions "
+                f"({type(exc).__name__}); it needs a head that starts with global average pooling."
+            ) from None
+        scale = max(1.0, float(expected.detach().abs().max())) if isinstance(expected, Tensor) else 1.0
+        if (
+            not isinstance(expected, Tensor)
+            or region0.shape != expected.shape
+            or not torch.allclose(region0.float(), expected.float(), rtol=1e-4, atol=1e-4 * scale)
+        ):
+            raise UserError(
+                f"The head of the {role} '{arch}' is not global average pooling followed by layers "
+                "that can score each region (its logits differ from SDD's global region); SDD "
+                "cannot distill this model."
+            )
 
 
 @register
@@ -244,11 +239,10 @@ class SDD(Method):
         features = self.student.forward_features(images)
         logits = normal_logits(self.student, features)
         local = losses.local_logits(features, self._student_head, cfg.scales)
-        ramp = warmup_factor(progress, cfg.warmup, cfg.warmup_per_step)
         distill = losses.sdd(local, teacher_out, labels, **cfg.loss_options())
         return logits, {
             "ce": cfg.w_ce * F.cross_entropy(logits, labels),
-            "sdd": ramp * cfg.w_sdd * distill,
+            "sdd": cfg.ramp(progress) * cfg.w_sdd * distill,
         }
 
 

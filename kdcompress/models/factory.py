@@ -24,7 +24,3 @@ def build_model(arch: str, num_classes: int, in_chans: int, **kwargs: Any) -> nn
         return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
     except TypeError as exc:
         raise UserError(f"Architecture '{arch}' rejected its arguments ({exc}); check model kwargs.") from exc
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

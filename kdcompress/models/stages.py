@@ -36,9 +36,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from timm.models.convnext import ConvNeXt
+from timm.models.efficientnet import EfficientNet
+from timm.models.mobilenetv3 import MobileNetV3
+from timm.models.resnet import ResNet
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from kdcompress.errors import UserError
+from kdcompress.models.cifar.mobilenetv2 import CifarMobileNetV2
+from kdcompress.models.cifar.resnet import CifarResNet
+from kdcompress.models.cifar.resnetv2 import CifarResNetV2
+from kdcompress.models.cifar.shufflenetv1 import CifarShuffleNetV1
+from kdcompress.models.cifar.shufflenetv2 import CifarShuffleNetV2
+from kdcompress.models.cifar.vgg import CifarVGG
+from kdcompress.models.cifar.wrn import WideResNet
 
 __all__ = ["SUPPORTED_FAMILIES", "StageSplit", "natural_stage_count", "split_stages"]
 
@@ -125,14 +137,6 @@ def _ends_from_feature_info(model: nn.Module, unit_names: Sequence[str]) -> list
 
 
 def _cifar_layout(model: nn.Module) -> _Layout | None:
-    from kdcompress.models.cifar.mobilenetv2 import CifarMobileNetV2
-    from kdcompress.models.cifar.resnet import CifarResNet
-    from kdcompress.models.cifar.resnetv2 import CifarResNetV2
-    from kdcompress.models.cifar.shufflenetv1 import CifarShuffleNetV1
-    from kdcompress.models.cifar.shufflenetv2 import CifarShuffleNetV2
-    from kdcompress.models.cifar.vgg import CifarVGG
-    from kdcompress.models.cifar.wrn import WideResNet
-
     if isinstance(model, (CifarResNet, CifarResNetV2, CifarShuffleNetV1, CifarShuffleNetV2)):
         stages = [n for n in ("layer1", "layer2", "layer3", "layer4") if hasattr(model, n)]
         units = [_seq(model, [n]) for n in stages]
@@ -170,12 +174,6 @@ def _cifar_layout(model: nn.Module) -> _Layout | None:
 
 
 def _timm_layout(model: nn.Module) -> _Layout | None:
-    from timm.models.convnext import ConvNeXt
-    from timm.models.efficientnet import EfficientNet
-    from timm.models.mobilenetv3 import MobileNetV3
-    from timm.models.resnet import ResNet
-    from timm.models.vision_transformer import VisionTransformer
-
     if isinstance(model, ResNet):
         stem = _seq(model, ["conv1", "bn1", "act1", "maxpool"])
         units = [_seq(model, [f"layer{i}"]) for i in range(1, 5)]

@@ -13,21 +13,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kdcompress.checkpoint import WEIGHT_FILES
 from kdcompress.errors import UserError
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "model_state", "net", "module")
 _PREFIXES = ("module.", "_orig_mod.")
-_FOLDER_FILES = ("student.safetensors", "model.safetensors")
 
 
 def resolve_weights_path(path: str | Path) -> Path:
     """The weight file a user-given path means (a file, or a run/export folder)."""
     file = Path(path).expanduser()
     if file.is_dir():
-        for name in _FOLDER_FILES:
+        for name in WEIGHT_FILES:
             if (file / name).is_file():
                 return file / name
-        raise UserError(f"Folder '{file}' holds no {' or '.join(_FOLDER_FILES)}; pass a weight file.")
+        raise UserError(f"Folder '{file}' holds no {' or '.join(WEIGHT_FILES)}; pass a weight file.")
     if not file.is_file():
         raise UserError(f"Weight file '{file}' does not exist; check the path.")
     return file

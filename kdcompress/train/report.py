@@ -11,19 +11,20 @@ whatever else the host is running.
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from kdcompress import checkpoint
+from kdcompress.formatting import ratio, si
+from kdcompress.models.cost import count_flops, torch_latency
+from kdcompress.models.factory import build_model
+from kdcompress.plotting import plot_training_curves
 from kdcompress.recipe import Recipe
-
-if TYPE_CHECKING:
-    from kdcompress.engine import RunResult
+from kdcompress.train.result import RunResult
 
 CURVES_FILE = "curves.png"
 LATENCY_BUDGET_S = 0.3  # per model: the timed calls stop after about this long (at least 3 calls)
@@ -33,26 +34,11 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def _si(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= factor:
-            return f"{value / factor:.2f} {prefix}"
-    return f"{value:.0f}"
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a and b else None
-
-
 # ---- measurements --------------------------------------------------------------------------------------
 
 
 def _quick_latency_ms(model: torch.nn.Module, inputs: torch.Tensor) -> float:
     """Median batch latency from a handful of calls, bounded by LATENCY_BUDGET_S."""
-    from kdcompress.bench import torch_latency
-
     model.eval()
     with torch.inference_mode():
         start = time.perf_counter()
@@ -64,9 +50,6 @@ def _quick_latency_ms(model: torch.nn.Module, inputs: torch.Tensor) -> float:
 
 def measure_models(recipe: Recipe, config: dict[str, Any]) -> dict[str, dict[str, float | None]]:
     """FLOPs per image and CPU latency at batch 1 for the student and (when there is one) the teacher."""
-    from kdcompress.bench import count_flops
-    from kdcompress.models import build_model
-
     input_size = tuple(int(v) for v in config["pretrained_cfg"]["input_size"])
     num_classes = int(config["num_classes"])
     roles = {"student": recipe.student}
@@ -87,51 +70,6 @@ def measure_models(recipe: Recipe, config: dict[str, Any]) -> dict[str, dict[str
     finally:
         torch.set_num_threads(threads)
     return out
-
-
-# ---- curves ------------------------------------------------------------------------------------------
-
-
-def plot_curves(
-    history: list[dict[str, Any]],
-    path: Path,
-    teacher_top1: float | None = None,
-    paper_top1: float | None = None,
-) -> bool:
-    """Loss terms (left) and train/val top-1 (right) per epoch as a PNG; False when there is no history."""
-    if not history:
-        return False
-    from matplotlib.figure import Figure  # the Agg canvas, no pyplot state, no display needed
-
-    epochs = [row["epoch"] for row in history]
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    loss_ax, acc_ax = fig.subplots(1, 2)
-    terms = sorted({k for row in history for k in row if k.startswith("loss_")})
-    for key in terms:
-        loss_ax.plot(epochs, [row.get(key, float("nan")) for row in history], marker="o", label=key[5:])
-    if len(terms) != 1:
-        loss_ax.plot(epochs, [row["loss"] for row in history], marker="o", color="black", label="total")
-    if any("val_loss" in row for row in history):
-        values = [row.get("val_loss", float("nan")) for row in history]
-        loss_ax.plot(epochs, values, marker="s", linestyle="--", color="grey", label="val CE")
-    loss_ax.set(title="training loss (weighted terms)", xlabel="epoch", ylabel="loss")
-    loss_ax.legend(fontsize="small")
-    loss_ax.grid(alpha=0.3)
-    acc_ax.plot(epochs, [row["train_top1"] for row in history], marker="o", label="train top-1")
-    acc_ax.plot(epochs, [row["val_top1"] for row in history], marker="o", label="val top-1")
-    if teacher_top1 is not None:
-        acc_ax.axhline(teacher_top1, linestyle="--", color="tab:red", label=f"teacher {teacher_top1:.2f}%")
-    if paper_top1 is not None:
-        acc_ax.axhline(paper_top1, linestyle=":", color="tab:purple", label=f"paper {paper_top1:.2f}%")
-    acc_ax.set(title="top-1 accuracy", xlabel="epoch", ylabel="%")
-    acc_ax.legend(fontsize="small")
-    acc_ax.grid(alpha=0.3)
-    for ax in (loss_ax, acc_ax):
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    checkpoint.write_bytes(path, buffer.getvalue())
-    return True
 
 
 # ---- the report ----------------------------------------------------------------------------------------
@@ -207,17 +145,17 @@ def write_report(result: RunResult, recipe: Recipe, method_facts: dict[str, Any]
     ]
     if has_teacher:
         lines.append(
-            f"| teacher | {recipe.teacher.arch} | {_si(result.teacher_params)} | {_si(teacher.get('flops'))} "
+            f"| teacher | {recipe.teacher.arch} | {si(result.teacher_params)} | {si(teacher.get('flops'))} "
             f"| {_fmt(teacher.get('latency_ms'))} | {_fmt(result.teacher_top1)} |"
         )
     lines.append(
-        f"| student (best, epoch {result.best_epoch}) | {recipe.student.arch} | {_si(result.student_params)} "
-        f"| {_si(student.get('flops'))} | {_fmt(student.get('latency_ms'))} | {_fmt(result.best_top1)} |"
+        f"| student (best, epoch {result.best_epoch}) | {recipe.student.arch} | {si(result.student_params)} "
+        f"| {si(student.get('flops'))} | {_fmt(student.get('latency_ms'))} | {_fmt(result.best_top1)} |"
     )
     if has_teacher:
-        params_x = _ratio(result.teacher_params, result.student_params)
-        flops_x = _ratio(teacher.get("flops"), student.get("flops"))
-        speed_x = _ratio(teacher.get("latency_ms"), student.get("latency_ms"))
+        params_x = ratio(result.teacher_params, result.student_params)
+        flops_x = ratio(teacher.get("flops"), student.get("flops"))
+        speed_x = ratio(teacher.get("latency_ms"), student.get("latency_ms"))
         delta = None if result.teacher_top1 is None else result.best_top1 - result.teacher_top1
         lines.append(
             f"| teacher / student | | {_fmt(params_x, 1)}x | {_fmt(flops_x, 1)}x "
@@ -249,7 +187,7 @@ def write_report(result: RunResult, recipe: Recipe, method_facts: dict[str, Any]
         lines += ["", "## Method", ""] + [f"- {k}: {_fact(v)}" for k, v in method_facts.items()]
 
     paper_top1 = recipe.paper.top1 if recipe.paper else None
-    if plot_curves(result.history, run_dir / CURVES_FILE, result.teacher_top1, paper_top1):
+    if plot_training_curves(result.history, run_dir / CURVES_FILE, result.teacher_top1, paper_top1):
         lines += ["", "## Training curves", "", f"![loss terms and top-1 per epoch]({CURVES_FILE})"]
     lines += [
         "",

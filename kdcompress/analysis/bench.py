@@ -13,108 +13,24 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from kdcompress.deploy.onnx import export_onnx, onnx_latency, onnx_session
 from kdcompress.errors import UserError, did_you_mean
+from kdcompress.evaluate import evaluate
+from kdcompress.formatting import ratio
+from kdcompress.models.cost import Latency, count_flops, count_parameters, safetensors_bytes, torch_latency
+from kdcompress.run_folder import TrainedModel, data_for_model, load_trained
+from kdcompress.runtime import Runtime, resolve_device
 
 DEFAULT_INPUT_SIZE = (3, 224, 224)
 DEFAULT_BATCH_SIZES = (1, 8, 64)
-
-
-@dataclass(frozen=True)
-class Latency:
-    median_ms: float
-    p90_ms: float
-
-    @classmethod
-    def of(cls, samples_ms: list[float]) -> Latency:
-        ordered = sorted(samples_ms)
-        p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
-        return cls(statistics.median(ordered), p90)
-
-
-def time_calls(
-    call: Callable[[], object], warmup: int = 5, repeats: int = 30, sync_cuda: bool = False
-) -> Latency:
-    """Wall-clock latency of ``call``; CUDA work is synchronised so the GPU time is counted."""
-    for _ in range(warmup):
-        call()
-    samples = []
-    for _ in range(repeats):
-        if sync_cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        call()
-        if sync_cuda:
-            torch.cuda.synchronize()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return Latency.of(samples)
-
-
-def torch_latency(
-    model: torch.nn.Module, inputs: torch.Tensor, warmup: int = 5, repeats: int = 30
-) -> Latency:
-    """Inference latency of a PyTorch model on ``inputs`` (eval mode, inference mode)."""
-    model = model.eval()
-
-    def call() -> None:
-        with torch.inference_mode():
-            model(inputs)
-
-    return time_calls(call, warmup, repeats, sync_cuda=inputs.device.type == "cuda")
-
-
-def onnx_latency(session, inputs: torch.Tensor, warmup: int = 5, repeats: int = 30) -> Latency:
-    """Inference latency of an onnxruntime session on ``inputs`` (host arrays in and out)."""
-    feed = {session.get_inputs()[0].name: inputs.cpu().numpy()}
-    return time_calls(lambda: session.run(None, feed), warmup, repeats)
-
-
-# ---- static measurements ---------------------------------------------------------------------------
-
-
-def flop_counts(
-    model: nn.Module, input_size: tuple[int, int, int], device: torch.device | None = None
-) -> dict[str, int]:
-    """FLOPs of one forward pass of one image, per ATen operator (e.g. ``aten.convolution``)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    device = device or next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
-    counter = FlopCounterMode(display=False)
-    try:
-        with torch.inference_mode(), counter:
-            model(torch.zeros(1, *input_size, device=device))
-    finally:
-        model.train(was_training)
-    return {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
-
-
-def count_flops(model: nn.Module, input_size: tuple[int, int, int]) -> int:
-    """Total forward FLOPs for one image."""
-    return sum(flop_counts(model, input_size).values())
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def safetensors_bytes(model: nn.Module) -> int:
-    """Size of the model's state dict serialised as safetensors (what ``export`` would write)."""
-    from safetensors.torch import save
-
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    return len(save(state))
 
 
 # ---- models to measure --------------------------------------------------------------------------------
@@ -129,12 +45,11 @@ class BenchModel:
     model: nn.Module
     input_size: tuple[int, int, int]
     num_classes: int
-    weights: Path | None = None  # the safetensors file, for folders
-    data_source: str | None = None  # the dataset a folder was trained on
+    trained: TrainedModel | None = None  # the folder's model, config and weights file
 
     @property
-    def from_folder(self) -> bool:
-        return self.weights is not None
+    def weights(self) -> Path | None:
+        return self.trained.weights if self.trained else None
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -146,23 +61,16 @@ def resolve_models(
 ) -> list[BenchModel]:
     """Folders load with their weights; bare architecture names get the size and classes of the
     first folder given (or ``input_size`` / ``num_classes`` when set; else 3x224x224 and 1000)."""
-    import timm
+    import timm  # deferred: only bare architecture names need the registry
 
-    from kdcompress.export import load_student
     from kdcompress.models import build_model
 
     loaded: dict[int, BenchModel] = {}
     for i, spec in enumerate(specs):
         if Path(spec).exists():
-            student = load_student(spec)
+            trained = load_trained(spec)
             loaded[i] = BenchModel(
-                spec,
-                student.config["architecture"],
-                student.model,
-                student.input_size,
-                int(student.config["num_classes"]),
-                student.weights,
-                student.data_source,
+                spec, trained.arch, trained.model, trained.input_size, trained.num_classes, trained
             )
         elif _looks_like_path(spec):
             raise UserError(
@@ -199,10 +107,28 @@ def _size_kwargs(arch: str, size: tuple[int, int, int]) -> dict[str, Any]:
 # ---- the benchmark -------------------------------------------------------------------------------------
 
 
+@dataclass
+class BenchSettings:
+    """What to time and how: one object handed to every model's measurement."""
+
+    devices: list[torch.device]
+    batch_sizes: list[int]
+    repeats: int = 20
+    warmup: int = 5
+    with_onnx: bool = False
+    data: str | None = None
+    val_limit: int | None = None
+    opset: int = 18
+    threads: int | None = None
+    notes: list[str] = field(default_factory=list)  # things the reader should know (skipped devices)
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+
 def bench_devices(spec: str) -> list[torch.device]:
     """``auto`` -> the CPU, plus the GPU when there is one; ``cpu`` / ``cuda[:N]`` -> that device only."""
-    from kdcompress.runtime import resolve_device
-
     if spec.strip().lower() == "auto":
         devices = [torch.device("cpu")]
         if torch.cuda.is_available():
@@ -229,24 +155,25 @@ def machine_info() -> dict[str, Any]:
 
 
 def evaluate_top1(bm: BenchModel, source: str, device: torch.device, val_limit: int | None) -> float:
-    """Top-1 (%) on the validation split of ``source``, in the model's own input format."""
-    from kdcompress.data import load_data
-    from kdcompress.evaluate import evaluate
-    from kdcompress.recipe import DataSpec
-    from kdcompress.runtime import Runtime
+    """Top-1 (%) on the validation split of ``source``, as the model was evaluated in training."""
+    if bm.trained is not None:
+        data = data_for_model(bm.trained, source, val_limit=val_limit)
+    else:
+        from kdcompress.data import load_data
+        from kdcompress.recipe import DataSpec
 
-    channels, size, _ = bm.input_size
-    data = load_data(DataSpec(source=source, image_size=size, channels=channels, val_limit=val_limit))
-    if data.num_classes != bm.num_classes:
-        raise UserError(
-            f"'{bm.name}' predicts {bm.num_classes} classes but '{source}' has {data.num_classes}; "
-            "benchmark accuracy on the dataset it was trained for."
-        )
+        channels, size, _ = bm.input_size
+        data = load_data(DataSpec(source=source, image_size=size, channels=channels, val_limit=val_limit))
+        if data.num_classes != bm.num_classes:
+            raise UserError(
+                f"'{bm.name}' predicts {bm.num_classes} classes but '{source}' has {data.num_classes}; "
+                "benchmark accuracy on the dataset it was trained for."
+            )
     model = bm.model.to(device)
     return evaluate(model, data.val_loader(256, device), Runtime(device), "fp32")["top1"]
 
 
-def onnx_providers(device: torch.device) -> list[str] | None:
+def onnx_providers(device: torch.device) -> list | None:
     """The onnxruntime providers for a device, or None when this onnxruntime cannot use it."""
     import onnxruntime
 
@@ -268,81 +195,51 @@ def _latency_row(runtime: str, device: torch.device, batch: int, latency: Latenc
     }
 
 
-def measure_model(
-    bm: BenchModel,
-    role: str,
-    devices: list[torch.device],
-    batch_sizes: list[int],
-    repeats: int,
-    warmup: int,
-    with_onnx: bool,
-    work_dir: Path,
-    data: str | None,
-    val_limit: int | None,
-    notes: list[str],
-    opset: int = 18,
-    threads: int | None = None,
-) -> dict[str, Any]:
+def measure_model(bm: BenchModel, role: str, settings: BenchSettings, work_dir: Path) -> dict[str, Any]:
     """One entry of the ``models`` list of the bench JSON."""
     model = bm.model.eval().cpu()
+    weights = bm.weights
     entry: dict[str, Any] = {
         "name": bm.name,
         "role": role,
         "arch": bm.arch,
-        "source": "folder" if bm.from_folder else "architecture (random init)",
+        "source": "folder" if bm.trained else "architecture (random init)",
         "input_size": list(bm.input_size),
         "num_classes": bm.num_classes,
         "params": count_parameters(model),
         "flops": count_flops(model, bm.input_size),
-        "size_bytes": bm.weights.stat().st_size if bm.weights else safetensors_bytes(model),
+        "size_bytes": weights.stat().st_size if weights else safetensors_bytes(model),
         "onnx_size_bytes": None,
         "top1": None,
         "latency": [],
     }
     session_path = None
-    if with_onnx:
-        from kdcompress.export import export_onnx
-
-        session_path = export_onnx(model, bm.input_size, work_dir / f"{role}.onnx", opset)
+    if settings.with_onnx:
+        session_path = export_onnx(model, bm.input_size, work_dir / f"{role}.onnx", settings.opset)
         entry["onnx_size_bytes"] = session_path.stat().st_size
-    for device in devices:
+    warmup, repeats = settings.warmup, settings.repeats
+    for device in settings.devices:
         model = model.to(device)
-        for batch in batch_sizes:
+        for batch in settings.batch_sizes:
             inputs = torch.randn(batch, *bm.input_size, device=device)
             latency = torch_latency(model, inputs, warmup, repeats)
             entry["latency"].append(_latency_row("pytorch", device, batch, latency))
         if session_path is not None:
             providers = onnx_providers(device)
             if providers is None:
-                note = f"onnxruntime has no CUDA provider here (install onnxruntime-gpu); skipped {device}."
-                if note not in notes:
-                    notes.append(note)
+                settings.note(
+                    f"onnxruntime has no CUDA provider here (install onnxruntime-gpu); skipped {device}."
+                )
                 continue
-            session = _session(session_path, providers, threads)
-            for batch in batch_sizes:
+            session = onnx_session(session_path, providers, settings.threads)
+            for batch in settings.batch_sizes:
                 inputs = torch.randn(batch, *bm.input_size)
                 latency = onnx_latency(session, inputs, warmup, repeats)
                 entry["latency"].append(_latency_row("onnxruntime", device, batch, latency))
-    if data is not None:
-        entry["top1"] = evaluate_top1(bm, data, devices[-1], val_limit)
+    if settings.data is not None:
+        entry["top1"] = evaluate_top1(bm, settings.data, settings.devices[-1], settings.val_limit)
     bm.model = model.cpu()
     return entry
-
-
-def _session(path: Path, providers: list, threads: int | None = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=providers)
-
-
-def _ratio(numerator: float | None, denominator: float | None) -> float | None:
-    if not numerator or not denominator:
-        return None
-    return numerator / denominator
 
 
 def compare_models(teacher: dict[str, Any], student: dict[str, Any]) -> dict[str, Any]:
@@ -357,17 +254,17 @@ def compare_models(teacher: dict[str, Any], student: dict[str, Any]) -> dict[str
                     "runtime": row["runtime"],
                     "device": row["device"],
                     "batch_size": row["batch_size"],
-                    "speedup": _ratio(row["median_ms"], other["median_ms"]),
+                    "speedup": ratio(row["median_ms"], other["median_ms"]),
                 }
             )
     top1_delta = None
     if teacher["top1"] is not None and student["top1"] is not None:
         top1_delta = student["top1"] - teacher["top1"]
     return {
-        "params": _ratio(teacher["params"], student["params"]),
-        "flops": _ratio(teacher["flops"], student["flops"]),
-        "size": _ratio(teacher["size_bytes"], student["size_bytes"]),
-        "onnx_size": _ratio(teacher["onnx_size_bytes"], student["onnx_size_bytes"]),
+        "params": ratio(teacher["params"], student["params"]),
+        "flops": ratio(teacher["flops"], student["flops"]),
+        "size": ratio(teacher["size_bytes"], student["size_bytes"]),
+        "onnx_size": ratio(teacher["onnx_size_bytes"], student["onnx_size_bytes"]),
         "top1_delta": top1_delta,
         "speedup": speedups,
     }
@@ -375,6 +272,7 @@ def compare_models(teacher: dict[str, Any], student: dict[str, Any]) -> dict[str
 
 def run_bench(
     specs: list[str],
+    *,
     data: str | None = None,
     batch_sizes: list[int] | tuple[int, ...] = DEFAULT_BATCH_SIZES,
     with_onnx: bool = False,
@@ -394,34 +292,26 @@ def run_bench(
         raise UserError("Pass one model, or a teacher and a student, to benchmark.")
     if repeats < 1 or not batch_sizes or min(batch_sizes) < 1:
         raise UserError("Benchmark settings need --repeats >= 1 and positive --batch-sizes.")
-    warmup = max(1, min(5, repeats // 4)) if warmup is None else warmup
-    devices = bench_devices(device)
+    settings = BenchSettings(
+        devices=bench_devices(device),
+        batch_sizes=list(batch_sizes),
+        repeats=repeats,
+        warmup=max(1, min(5, repeats // 4)) if warmup is None else warmup,
+        with_onnx=with_onnx,
+        data=data,
+        val_limit=val_limit,
+        threads=threads,
+    )
     models = resolve_models(specs, input_size, num_classes)
     roles = ["teacher", "student"] if len(models) == 2 else ["model"]
-    notes: list[str] = []
-    entries = []
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
         with tempfile.TemporaryDirectory(prefix="kdcompress-bench-") as tmp:
-            for bm, role in zip(models, roles, strict=True):
-                entries.append(
-                    measure_model(
-                        bm,
-                        role,
-                        devices,
-                        list(batch_sizes),
-                        repeats,
-                        warmup,
-                        with_onnx,
-                        Path(tmp),
-                        data,
-                        val_limit,
-                        notes,
-                        threads=threads,
-                    )
-                )
+            entries = [
+                measure_model(bm, role, settings, Path(tmp)) for bm, role in zip(models, roles, strict=True)
+            ]
         machine = machine_info()
     finally:
         torch.set_num_threads(previous_threads)
@@ -430,14 +320,14 @@ def run_bench(
         "ratios": compare_models(entries[0], entries[1]) if len(entries) == 2 else {},
         "machine": machine,
         "settings": {
-            "batch_sizes": list(batch_sizes),
+            "batch_sizes": settings.batch_sizes,
             "repeats": repeats,
-            "warmup": warmup,
-            "devices": [d.type for d in devices],
+            "warmup": settings.warmup,
+            "devices": [d.type for d in settings.devices],
             "onnx": with_onnx,
             "data": data,
             "val_limit": val_limit,
             "threads": threads,
         },
-        "notes": notes,
+        "notes": settings.notes,
     }

@@ -38,13 +38,10 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
+from kdcompress.deploy.onnx import VerificationError, onnx_session, save_onnx
 from kdcompress.errors import UserError
+from kdcompress.models.cost import flop_counts
 
-PRECISIONS = ("fp32", "fp16", "int8")
-INT8_MODES = ("auto", "static", "dynamic")
-DEFAULT_MAX_DROP = 1.0  # percentage points of top-1 agreement (and of accuracy) before a warning
-CALIBRATION_IMAGES = 256
-VERIFY_IMAGES = 1000
 # Operator families whose FLOPs count as "linear" when choosing the int8 mode.
 _LINEAR_OPS = ("addmm", "mm", "bmm", "matmul", "linear", "baddbmm", "scaled_dot_product")
 
@@ -111,8 +108,6 @@ def _quiet_onnxruntime() -> Iterator[None]:
 
 def flop_shares(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, float]:
     """Fraction of forward FLOPs (batch 1) in convolutions, linear algebra (matmuls) and the rest."""
-    from kdcompress.bench import flop_counts
-
     counts = flop_counts(model, input_size)
     total = sum(counts.values()) or 1
     conv = sum(v for k, v in counts.items() if "convolution" in k)
@@ -134,7 +129,7 @@ def convert_fp16(source: Path, target: Path) -> Path:
     model = onnx.load(str(source))
     with _quiet_onnxruntime():
         half = convert_float_to_float16(model, keep_io_types=True)
-    _save_onnx(half, target)
+    save_onnx(half, target)
     return target
 
 
@@ -188,7 +183,7 @@ def quantize_int8(
                 op_types_to_quantize=["MatMul", "Gemm"],
                 weight_type=QuantType.QInt8,
             )
-        _save_onnx(onnx.load(str(written)), target)
+        save_onnx(onnx.load(str(written)), target)
     return target
 
 
@@ -196,23 +191,10 @@ def _input_name(path: Path) -> str:
     return onnx.load(str(path), load_external_data=False).graph.input[0].name
 
 
-def _save_onnx(model, target: Path) -> None:
-    """Save atomically as one file (temporary name, then rename)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    try:
-        onnx.save_model(model, str(tmp))
-        tmp.replace(target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def compare(
     path: Path, reference: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]]
 ) -> Comparison:
     """Run ``path`` in onnxruntime and ``reference`` in PyTorch (fp32) over ``(images, labels)`` batches."""
-    from kdcompress.export import VerificationError, onnx_session
-
     session = onnx_session(path)
     name = session.get_inputs()[0].name
     reference = reference.eval()

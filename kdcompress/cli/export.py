@@ -1,4 +1,4 @@
-"""``eval`` and ``export``: use a trained student."""
+"""``export``: deployable files from a trained model (safetensors, ONNX, fp16 / int8)."""
 
 from __future__ import annotations
 
@@ -6,59 +6,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from kdcompress.cli.common import DataOpt, DeviceOpt, console, err_console, guarded
+from kdcompress.cli.common import DataOpt, console, err_console, guarded
+from kdcompress.deploy import CALIBRATION_IMAGES, DEFAULT_MAX_DROP, VERIFY_IMAGES
 from kdcompress.errors import UserError
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("eval")
-    @guarded
-    def evaluate_command(
-        checkpoint: Annotated[
-            Path, typer.Argument(help="Run folder, export folder, or student .safetensors.")
-        ],
-        data: DataOpt = None,
-        batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Evaluation batch size.")] = 512,
-        device: DeviceOpt = "auto",
-    ) -> None:
-        """Top-1, top-5 and loss of a trained model on a dataset's validation split."""
-        import torch
-
-        from kdcompress.data import load_data
-        from kdcompress.evaluate import evaluate, resolve_precision
-        from kdcompress.export import load_student
-        from kdcompress.recipe import DataSpec
-        from kdcompress.runtime import setup_runtime
-
-        student = load_student(checkpoint)
-        source = data or student.data_source
-        if source is None:
-            raise UserError("Say which data to evaluate on with --data SOURCE.")
-        channels, size, _ = student.input_size
-        bundle = load_data(DataSpec(source=source, image_size=size, channels=channels))
-        if bundle.num_classes != student.config["num_classes"]:
-            raise UserError(
-                f"The model predicts {student.config['num_classes']} classes but '{source}' has "
-                f"{bundle.num_classes}; evaluate on the dataset it was trained for."
-            )
-        runtime = setup_runtime(device or "auto")
-        model = student.model.to(runtime.device)
-        loader = bundle.val_loader(batch_size, runtime.device)
-        with torch.inference_mode():
-            metrics = evaluate(model, loader, runtime, resolve_precision("auto", runtime.device))
-        table = Table(title=f"{student.config['architecture']} on {source} (validation)")
-        for column in ("top-1 (%)", "top-5 (%)", "loss", "samples"):
-            table.add_column(column, justify="right")
-        table.add_row(
-            f"{metrics['top1']:.2f}",
-            f"{metrics['top5']:.2f}",
-            f"{metrics['loss']:.4f}",
-            str(len(bundle.dataset.val)),
-        )
-        console.print(table)
-
     @app.command("export")
     @guarded
     def export_command(
@@ -96,11 +50,11 @@ def register(app: typer.Typer) -> None:
         ] = "auto",
         calibration_images: Annotated[
             int, typer.Option("--calibration-images", min=1, help="Train images for int8 static calibration.")
-        ] = 256,
+        ] = CALIBRATION_IMAGES,
         verify_images: Annotated[
             int,
             typer.Option("--verify-images", min=1, help="Validation images for the fp16/int8 comparison."),
-        ] = 1000,
+        ] = VERIFY_IMAGES,
         max_drop: Annotated[
             float,
             typer.Option(
@@ -109,26 +63,27 @@ def register(app: typer.Typer) -> None:
                 help="Warn when fp16/int8 top-1 agreement with fp32 is below 100 - this, or accuracy "
                 "falls by more than this (percentage points).",
             ),
-        ] = 1.0,
+        ] = DEFAULT_MAX_DROP,
     ) -> None:
         """Write deployable files (timm-loadable safetensors + config.json, ONNX verified by onnxruntime)."""
-        from kdcompress.export import export, recipe_export_settings
+        from kdcompress.deploy.export import ReducedOptions, export
 
         choices = {"onnx": ["onnx"], "safetensors": ["safetensors"], "all": ["safetensors", "onnx"]}
         if format_ is not None and format_ not in choices:
             raise UserError(f"Unknown export format '{format_}'; use onnx, safetensors or all.")
-        settings = recipe_export_settings(checkpoint)
         result = export(
             checkpoint,
-            choices[format_] if format_ else list(settings.formats),
+            choices[format_] if format_ else None,
             out,
-            opset or settings.opset,
-            data,
-            precision=precision or settings.precision,
-            int8_mode=int8_mode,
-            calibration_images=calibration_images,
-            verify_images=verify_images,
-            max_drop=max_drop,
+            opset=opset,
+            data_source=data,
+            precision=precision,
+            reduced=ReducedOptions(
+                int8_mode=int8_mode,
+                calibration_images=calibration_images,
+                verify_images=verify_images,
+                max_drop=max_drop,
+            ),
         )
         for kind, path in result.files.items():
             size = path.stat().st_size / 1e6

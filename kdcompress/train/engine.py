@@ -19,7 +19,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from kdcompress import checkpoint
-from kdcompress.data import Batch, DataBundle, load_data
+from kdcompress.data import Batch, DataBundle, epoch_seed, load_data
 from kdcompress.errors import UserError
 from kdcompress.evaluate import autocast_for, evaluate, resolve_precision
 from kdcompress.methods import Method, resolve_method
@@ -37,22 +37,10 @@ from kdcompress.methods import Progress as StepProgress
 from kdcompress.models import build_model, count_parameters, load_weights
 from kdcompress.recipe import Recipe, validate_recipe
 from kdcompress.runtime import Runtime, all_reduce_sum, setup_runtime
-from kdcompress.schedule import build_optimizer, build_scheduler
-from kdcompress.teacher_cache import TeacherCache
-
-
-@dataclass
-class RunResult:
-    """What a finished run achieved; also the source of the demo table and the report."""
-
-    run_dir: Path
-    best_top1: float
-    best_epoch: int
-    last_top1: float
-    teacher_top1: float | None
-    student_params: int
-    teacher_params: int | None
-    history: list[dict[str, Any]] = field(default_factory=list)
+from kdcompress.train.report import write_report
+from kdcompress.train.result import RunResult
+from kdcompress.train.schedule import build_optimizer, build_scheduler
+from kdcompress.train.teacher_cache import TeacherCache
 
 
 @dataclass
@@ -67,7 +55,7 @@ class Prepared:
 
 
 def seed_everything(seed: int, epoch: int = 0) -> None:
-    torch.manual_seed(seed * 1_000_003 + epoch)
+    torch.manual_seed(epoch_seed(seed, epoch))
 
 
 def prepare(recipe: Recipe) -> Prepared:
@@ -90,8 +78,7 @@ def prepare(recipe: Recipe) -> Prepared:
             load_weights(teacher, recipe.teacher.weights, "teacher")
     example_loader = data.val_loader(min(8, len(data.dataset.val)), torch.device("cpu"))
     example = next(iter(example_loader.batches())).images
-    method_config = method_cls.resolve_config(method_config, data, student, teacher)
-    method = method_cls(student, teacher, method_config, example)
+    method = method_cls.build(method_config, student, teacher, example, data)
     # Record the method's fully resolved options (defaults and aliases spelled out) in the recipe.
     resolved = recipe.model_dump(mode="json")
     resolved["method"] = {"name": method_cls.name, **method.config.model_dump(mode="json")}
@@ -101,15 +88,15 @@ def prepare(recipe: Recipe) -> Prepared:
 def student_config(recipe: Recipe, data: DataBundle, extra: dict[str, Any]) -> dict[str, Any]:
     fmt = data.fmt
     return checkpoint.model_config(
-        recipe.student.arch,
-        data.num_classes,
-        fmt.channels,
-        fmt.size,
-        fmt.mean,
-        fmt.std,
-        data.decoding.crop_pct,
-        recipe.student.kwargs,
-        {
+        arch=recipe.student.arch,
+        num_classes=data.num_classes,
+        in_chans=fmt.channels,
+        image_size=fmt.size,
+        mean=fmt.mean,
+        std=fmt.std,
+        crop_pct=data.decoding.crop_pct,
+        model_kwargs=recipe.student.kwargs,
+        extra={
             "method": recipe.method.name,
             "teacher": recipe.teacher.arch if recipe.teacher else None,
             "data": recipe.data.source,
@@ -126,7 +113,7 @@ class Trainer:
     def __init__(
         self, prepared: Prepared, run_dir: Path, runtime: Runtime, console: Console, quiet: bool = False
     ):
-        self.p = prepared
+        self.prepared = prepared
         self.recipe = prepared.recipe
         self.run_dir = run_dir
         self.runtime = runtime
@@ -147,16 +134,17 @@ class Trainer:
         if train.batch_size % world:
             raise UserError(f"train.batch_size {train.batch_size} is not divisible by the {world} processes.")
         data = prepared.data
+        workers = self.recipe.data.num_workers
         self.train_loader = data.train_loader(
             train.batch_size // world,
             runtime.device,
-            train.seed,
-            runtime.rank,
-            world,
-            self.recipe.data.num_workers,
+            seed=train.seed,
+            rank=runtime.rank,
+            world=world,
+            workers=workers,
         )
         self.val_loader = data.val_loader(
-            train.eval_batch_size, runtime.device, runtime.rank, world, self.recipe.data.num_workers
+            train.eval_batch_size, runtime.device, rank=runtime.rank, world=world, workers=workers
         )
         if len(self.train_loader) == 0:
             raise UserError(
@@ -194,14 +182,14 @@ class Trainer:
             raise UserError(
                 f"Method '{method.name}' needs the teacher on every step; turn train.teacher_cache off."
             )
-        if not self.p.data.views_identify_inputs:
+        if not self.prepared.data.views_identify_inputs:
             raise UserError(
                 f"The teacher cache keys outputs by crop and flip, but data.augment="
                 f"{self.recipe.data.augment} draws continuous random crops; turn train.teacher_cache off "
                 "or use data.augment=crop_flip."
             )
         views = self.train_loader.transform.num_views
-        samples = len(self.p.data.dataset.train)
+        samples = len(self.prepared.data.dataset.train)
         return TeacherCache(samples, views, self.runtime.device, train.teacher_cache_gb * 2**30)
 
     # ---- resume -------------------------------------------------------------------------------------
@@ -212,7 +200,7 @@ class Trainer:
         state = torch.load(
             source / checkpoint.STATE_FILE, map_location=self.runtime.device, weights_only=False
         )
-        self.p.student.load_state_dict(checkpoint.load_tensors(source / checkpoint.STUDENT_FILE))
+        self.prepared.student.load_state_dict(checkpoint.load_tensors(source / checkpoint.STUDENT_FILE))
         self.method.load_state_dict(state["method_extra"], strict=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -301,8 +289,10 @@ class Trainer:
         runtime = self.runtime
         if resume:
             self.load_resume_state()
-        elif self.p.teacher is not None:
-            self.teacher_top1 = evaluate(self.p.teacher, self.val_loader, runtime, self.precision)["top1"]
+        elif self.prepared.teacher is not None:
+            self.teacher_top1 = evaluate(self.prepared.teacher, self.val_loader, runtime, self.precision)[
+                "top1"
+            ]
         if runtime.is_main and not resume:
             checkpoint.write_text(self.run_dir / "recipe.yaml", self.recipe.to_yaml())
             checkpoint.write_text(self.run_dir / "metrics.jsonl", "")
@@ -332,8 +322,8 @@ class Trainer:
             self.best_epoch,
             self.history[-1]["val_top1"] if self.history else float("nan"),
             self.teacher_top1,
-            count_parameters(self.p.student),
-            count_parameters(self.p.teacher) if self.p.teacher is not None else None,
+            count_parameters(self.prepared.student),
+            count_parameters(self.prepared.teacher) if self.prepared.teacher is not None else None,
             self.history,
         )
 
@@ -344,9 +334,9 @@ class Trainer:
             "teacher_val_top1": self.teacher_top1,
         }
         extra.update(self.method.extra_state_for_report())
-        config = student_config(self.recipe, self.p.data, extra)
+        config = student_config(self.recipe, self.prepared.data, extra)
         if improved:
-            checkpoint.save_model_folder(self.run_dir, self.p.student, config)
+            checkpoint.save_model_folder(self.run_dir, self.prepared.student, config)
         method_extra = {k: v for k, v in self.method.state_dict().items() if not k.startswith("student.")}
         state = {
             "epoch": epoch,
@@ -360,7 +350,7 @@ class Trainer:
             "history": self.history,
         }
         with checkpoint.atomic_dir(self.run_dir / checkpoint.LAST_DIR) as folder:
-            checkpoint.save_model_folder(folder, self.p.student, config)
+            checkpoint.save_model_folder(folder, self.prepared.student, config)
             checkpoint.save_torch(folder / checkpoint.STATE_FILE, state)
         self._write_metrics_file()
 
@@ -389,8 +379,6 @@ def run(
     recipe: Recipe, run_dir: Path, resume: bool = False, console: Console | None = None, quiet: bool = False
 ) -> RunResult:
     """Train ``recipe`` into ``run_dir`` (the library entry point behind ``train`` and ``distill``)."""
-    from kdcompress.report import write_report
-
     console = console or Console(stderr=True)
     runtime = setup_runtime(recipe.train.device)
     if runtime.is_main:

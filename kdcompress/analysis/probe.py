@@ -1,0 +1,392 @@
+"""The layer probe: knowledge quality Q of every candidate teacher layer, and the layers it chooses.
+
+Used by ``kdcompress probe-layers`` and by ``--align auto`` of the feature methods (``featkd``,
+``fitnet``), so both always choose the same layers for the same teacher and data.
+
+Pipeline (:func:`probe_layers`):
+
+1. **Sample.** A class-balanced subset of the *training* split (``quality.balanced_indices``, seed 0,
+   ``samples`` images, 5,000 by default as in the paper), un-augmented, in the model's input format.
+2. **Candidate layers** of the teacher (:func:`kdcompress.models.layers.candidate_layers`), in depth
+   order.
+3. **Features, group by group.** A layer's features are stored as ``[n, D]`` float32 on the host. A map
+   with more than 262,144 values per sample is spatially max-pooled first (docs/feature-kd.md), to the
+   coarsest grid that still keeps every position when possible: the smallest integer factor ``s`` with
+   ``C * ceil(H/s) * ceil(W/s) <= 262,144`` (``--max-dim`` lowers that bound). Layers are packed, in depth
+   order, into groups whose stored features fit a memory budget (2 GiB by default); one pass of the
+   sample through the teacher fills every layer of a group at once, and the pass stops right after the
+   group's deepest layer (a hook ends it), so shallow groups cost little. A resnet50 at 32x32 with 5,000
+   samples needs ~2.7 GB of features in all: two groups, i.e. about 1.5 forward passes of the sample.
+4. **Quality.** ``quality.knowledge_quality(features, labels, n_train=len(train split))`` per layer (on
+   the GPU when the teacher runs on one, else on the CPU), right after its group was filled; the group's
+   features are freed before the next group starts. Peak memory: the budget plus one ``n x n`` float64
+   Gram matrix (200 MB at n = 5,000).
+5. **Choice.** ``quality.select_layers``: the ``top_k`` layers with the highest Q, in depth order.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from kdcompress import quality
+from kdcompress.errors import UserError
+from kdcompress.models.layers import Layer, candidate_layers, check_layer_names
+from kdcompress.models.modes import eval_mode
+from kdcompress.models.taps import FeatureTap, tapped_shapes
+from kdcompress.runtime import resolve_device
+
+if TYPE_CHECKING:
+    from kdcompress.data import DataBundle, Loader
+    from kdcompress.recipe import ProbeRecipe
+
+__all__ = ["MAX_VALUES", "ProbeResult", "ProbeRow", "pooled_shape", "probe_layers", "resolve_probe_device"]
+
+#: Per-sample value count above which a feature map is spatially max-pooled (docs/feature-kd.md).
+MAX_VALUES = 262_144
+DEFAULT_BUDGET_BYTES = 2 * 2**30
+
+
+@dataclass
+class ProbeRow:
+    """One probed layer: where it is, what was measured and whether it was chosen."""
+
+    name: str
+    depth: int
+    kind: str
+    shape: list[int]
+    pooled_shape: list[int]
+    dim: int
+    stage_end: int | None
+    separation: float
+    information: float
+    efficiency: float
+    quality: float
+    chosen: bool = False
+    seconds: float = 0.0
+
+
+@dataclass
+class ProbeResult:
+    """Rows in depth order, the chosen layers (depth order) and how the probe ran."""
+
+    rows: list[ProbeRow]
+    chosen: list[str]
+    settings: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def scores(self) -> dict[str, float]:
+        return {row.name: row.quality for row in self.rows}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "settings": self.settings,
+            "chosen": self.chosen,
+            "timings": self.timings,
+            "rows": [asdict(row) for row in self.rows],
+        }
+
+
+def resolve_probe_device(spec: str | torch.device | None) -> torch.device:
+    """``auto``/None -> the GPU when there is one, else the CPU."""
+    return spec if isinstance(spec, torch.device) else resolve_device(spec or "auto")
+
+
+def pooled_shape(shape: Sequence[int], max_values: int = MAX_VALUES) -> tuple[int, ...]:
+    """The per-sample shape a layer is stored at: ``shape`` itself when it has at most ``max_values``
+    values, else spatially max-pooled by the smallest integer factor that fits (1x1 / 1 token at most)."""
+    shape = tuple(int(s) for s in shape)
+    if math.prod(shape) <= max_values or len(shape) == 1:
+        return shape
+    if len(shape) == 3:
+        c, h, w = shape
+        for s in range(2, max(h, w) + 1):
+            out = (c, math.ceil(h / s), math.ceil(w / s))
+            if math.prod(out) <= max_values:
+                return out
+        return (c, 1, 1)
+    n, d = shape
+    for s in range(2, n + 1):
+        if math.ceil(n / s) * d <= max_values:
+            return (math.ceil(n / s), d)
+    return (1, d)
+
+
+def _reduce_fn(targets: dict[str, tuple[int, ...]]):
+    """Hook-side reduction: max-pool to the stored shape, flatten, float32."""
+
+    def reduce(name: str, x: torch.Tensor) -> torch.Tensor:
+        target = targets[name]
+        if tuple(x.shape[1:]) != target:
+            if x.dim() == 4:
+                x = F.adaptive_max_pool2d(x, target[1:])
+            elif x.dim() == 3:
+                x = F.adaptive_max_pool1d(x.transpose(1, 2), target[0]).transpose(1, 2)
+        return x.reshape(x.shape[0], -1).float()
+
+    return reduce
+
+
+def _groups(layers: list[Layer], dims: dict[str, int], n: int, budget: int) -> list[list[Layer]]:
+    """Pack layers in depth order into groups whose float32 features fit ``budget`` bytes."""
+    groups: list[list[Layer]] = []
+    current: list[Layer] = []
+    used = 0
+    for layer in layers:
+        size = n * dims[layer.name] * 4
+        if current and used + size > budget:
+            groups.append(current)
+            current, used = [], 0
+        current.append(layer)
+        used += size
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _probed_layers(
+    model: nn.Module, input_shape: tuple[int, ...], layers: Sequence[str] | None, arch: str | None
+) -> list[Layer]:
+    """The candidate layers, or the named ``layers`` (candidates or not) in depth order."""
+    candidates = candidate_layers(model, input_shape)
+    if layers is None:
+        return candidates
+    check_layer_names(model, layers, "teacher", input_shape, arch)
+    by_name = {layer.name: layer for layer in candidates}
+    missing = [name for name in layers if name not in by_name]
+    if missing:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        extra = tapped_shapes(model, missing, torch.zeros(1, *input_shape, device=device))
+        for name in missing:
+            by_name[name] = Layer(name, extra[name], "named", len(by_name))
+    order = {layer.name: layer.depth for layer in candidates}
+    return sorted((by_name[name] for name in layers), key=lambda x: order.get(x.name, math.inf))
+
+
+def collect_features(
+    model: nn.Module,
+    loader: Loader,
+    groups: list[list[Layer]],
+    stored: dict[str, tuple[int, ...]],
+    n: int,
+    on_batch: Any = None,
+) -> Iterator[tuple[Layer, torch.Tensor]]:
+    """``(layer, features [n, D] float32 on the host)`` for every layer, group by group.
+
+    One pass of the sample through ``model`` per group fills all of its layers (the pass stops after the
+    group's deepest layer); a group's features are yielded before the next group is collected, so at
+    most one group is alive at a time. ``on_batch()`` is called after every batch (progress).
+    """
+    reduce = _reduce_fn(stored)
+    for group in groups:
+        names = [layer.name for layer in group]
+        buffers = {name: torch.empty(n, math.prod(stored[name]), dtype=torch.float32) for name in names}
+        tap = FeatureTap(model, names, reduce=reduce, stop_after_last=True)
+        offset = 0
+        with torch.inference_mode():
+            for batch in loader.batches():
+                tap.run(batch.images)
+                size = batch.images.shape[0]
+                for name in names:
+                    buffers[name][offset : offset + size] = tap.features[name].cpu()
+                offset += size
+                if on_batch is not None:
+                    on_batch()
+        for layer in group:
+            yield layer, buffers.pop(layer.name)
+
+
+def _quality(features: torch.Tensor, labels: torch.Tensor, n_train: int, device: torch.device) -> dict:
+    if device.type != "cpu":
+        try:
+            return quality.knowledge_quality(features.to(device), labels.to(device), n_train=n_train)
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+    return quality.knowledge_quality(features, labels, n_train=n_train)
+
+
+def score_layer(
+    layer: Layer,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    n_train: int,
+    stored_shape: tuple[int, ...],
+    device: torch.device,
+) -> ProbeRow:
+    """One layer's S, I, E and Q (on ``device`` when it is a GPU with room, else on the CPU)."""
+    tick = time.perf_counter()
+    scores = _quality(features, labels, n_train, device)
+    return ProbeRow(
+        name=layer.name,
+        depth=layer.depth,
+        kind=layer.kind,
+        shape=list(layer.shape),
+        pooled_shape=list(stored_shape),
+        dim=math.prod(stored_shape),
+        stage_end=layer.stage_end,
+        separation=scores["separation"],
+        information=scores["information"],
+        efficiency=scores["efficiency"],
+        quality=scores["quality"],
+        seconds=time.perf_counter() - tick,
+    )
+
+
+def probe_layers(
+    model: nn.Module,
+    data: DataBundle,
+    *,
+    samples: int = 5000,
+    top_k: int = 4,
+    layers: Sequence[str] | None = None,
+    device: str | torch.device | None = None,
+    max_dim: int | None = None,
+    batch_size: int = 128,
+    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    seed: int = 0,
+    console: Console | None = None,
+    show_progress: bool = True,
+    arch: str | None = None,
+) -> ProbeResult:
+    """Measure S, I, E and Q of the teacher's candidate layers (or ``layers``) and choose ``top_k``.
+
+    The model is moved to ``device`` for the probe and back afterwards, and its train/eval mode is
+    restored. See the module docstring for the memory strategy.
+    """
+    if samples < 2:
+        raise UserError(f"The probe needs at least 2 samples, got {samples}.")
+    if max_dim is not None and max_dim < 1:
+        raise UserError(f"--max-dim must be a positive value count, got {max_dim}.")
+    limit = min(MAX_VALUES, max_dim) if max_dim is not None else MAX_VALUES
+    run_device = resolve_probe_device(device)
+    console = console or Console(stderr=True)
+    input_shape = data.fmt.input_shape
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
+    labels_all = data.dataset.train.labels
+    if torch.unique(labels_all).numel() < 2:
+        raise UserError("The probe needs training samples of at least 2 classes.")
+
+    original_device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    model.to(run_device)
+    try:
+        with eval_mode(model):
+            probed = _probed_layers(model, input_shape, layers, arch)
+            if not 1 <= top_k <= len(probed):
+                raise UserError(
+                    f"Cannot choose {top_k} layers (--top-k / num_pairs) from the {len(probed)} probed "
+                    f"layers; use 1..{len(probed)}."
+                )
+            indices = quality.balanced_indices(labels_all, samples, seed=seed)
+            n, n_train = len(indices), len(data.dataset.train)
+            loader = data.eval_loader(data.dataset.train.subset(indices), batch_size, run_device)
+            labels = labels_all[indices].cpu()
+            stored = {layer.name: pooled_shape(layer.shape, limit) for layer in probed}
+            dims = {name: math.prod(shape) for name, shape in stored.items()}
+            groups = _groups(probed, dims, n, budget_bytes)
+            quality_device = run_device if run_device.type == "cuda" else torch.device("cpu")
+            columns = (
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+            )
+            disable = not (show_progress and console.is_terminal)
+            rows: list[ProbeRow] = []
+            with Progress(*columns, console=console, transient=True, disable=disable) as bar:
+                task = bar.add_task("features and knowledge quality", total=len(groups) * len(loader))
+                tick = time.perf_counter()
+                for layer, features in collect_features(
+                    model, loader, groups, stored, n, on_batch=lambda: bar.advance(task)
+                ):
+                    bar.update(task, description=f"knowledge quality ({layer.name})")
+                    rows.append(
+                        score_layer(
+                            layer,
+                            features,
+                            labels,
+                            n_train=n_train,
+                            stored_shape=stored[layer.name],
+                            device=quality_device,
+                        )
+                    )
+                collected_seconds = time.perf_counter() - tick
+    finally:
+        model.to(original_device)
+
+    try:
+        chosen = quality.select_layers({row.name: row.quality for row in rows}, top_k)
+    except ValueError as exc:
+        raise UserError(f"Cannot choose layers: {exc}.") from None
+    for row in rows:
+        row.chosen = row.name in chosen
+    settings = {
+        "teacher": arch,
+        "data": getattr(data.dataset, "name", None),
+        "samples": n,
+        "samples_requested": samples,
+        "n_train": n_train,
+        "input_shape": list(input_shape),
+        "top_k": top_k,
+        "max_values": limit,
+        "seed": seed,
+        "device": str(run_device),
+        "batch_size": batch_size,
+        "groups": len(groups),
+        "budget_bytes": budget_bytes,
+    }
+    quality_seconds = sum(row.seconds for row in rows)
+    timings = {
+        "features_seconds": collected_seconds - quality_seconds,
+        "quality_seconds": quality_seconds,
+        "total_seconds": time.perf_counter() - start_wall,
+        "process_cpu_seconds": time.process_time() - start_cpu,
+    }
+    return ProbeResult(rows, chosen, settings, timings)
+
+
+def probe_recipe_inputs(recipe: ProbeRecipe) -> tuple[nn.Module, DataBundle]:
+    """The teacher (weights loaded) and the data a :class:`~kdcompress.recipe.ProbeRecipe` names."""
+    from kdcompress.data import load_data
+    from kdcompress.models import build_model, load_weights
+
+    data = load_data(recipe.data)
+    spec = recipe.teacher
+    model = build_model(spec.arch, data.num_classes, data.fmt.channels, **spec.kwargs)
+    if spec.weights:
+        load_weights(model, spec.weights, "teacher")
+    return model, data
+
+
+def run_probe(recipe: ProbeRecipe, console: Console | None = None) -> ProbeResult:
+    """``kdcompress probe-layers``: probe the recipe's teacher on its data with its probe options."""
+    model, data = probe_recipe_inputs(recipe)
+    options = recipe.probe
+    result = probe_layers(
+        model,
+        data,
+        samples=options.samples,
+        top_k=options.top_k,
+        device=options.device,
+        max_dim=options.max_dim,
+        batch_size=options.batch_size,
+        console=console,
+        arch=recipe.teacher.arch,
+    )
+    result.settings.update(
+        {
+            "teacher": recipe.teacher.arch,
+            "teacher_weights": recipe.teacher.weights,
+            "data": recipe.data.source,
+        }
+    )
+    return result

@@ -1,0 +1,6 @@
+"""Training runs: the engine (``train`` and ``distill``), schedules, the teacher cache and the report."""
+
+from kdcompress.train.engine import prepare, run
+from kdcompress.train.result import RunResult
+
+__all__ = ["RunResult", "prepare", "run"]
