@@ -9,7 +9,7 @@ Each loss is written once as a private per-sample helper returning a ``[B]`` ten
 :func:`sdd` evaluates the very same helpers on every region of its local logits.
 
 Loss weights (``w_ce``, LumiNet's ``alpha ** 2``) and warm-up ramps belong to the Method classes, not
-to these functions. Notation follows ``METHODS.md``: ``p = softmax(z / T)``,
+to these functions. Notation follows docs/methods.md: ``p = softmax(z / T)``,
 ``KL(p_t || p_s) = sum_k p_t[k] (log p_t[k] - log p_s[k])``, "batchmean" = sum over classes, mean over
 the batch.
 """

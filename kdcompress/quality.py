@@ -1,6 +1,6 @@
 """Knowledge quality Q of a teacher layer (Cooper, Chen, Dwivedy, Gurari, 2025) and layer selection.
 
-`knowledge_quality` follows the 9 steps of METHODS.md ("Feature-only KD with knowledge quality")
+`knowledge_quality` follows the 9 steps of docs/feature-kd.md ("How Q is computed")
 literally, quirks included, with the step-6 bug fixed (0 ln 0 = 0 instead of zeroing the row).
 
 Why everything goes through the Gram matrix ``K = X X^T`` (float64, ``n x n``):

@@ -18,8 +18,10 @@ from torch import nn
 from kdcompress import checkpoint
 from kdcompress.data import DataBundle, load_data
 from kdcompress.errors import UserError
+from kdcompress.evaluate import evaluate, resolve_precision
 from kdcompress.models import build_model, load_weights
 from kdcompress.recipe import DataSpec, ExportSpec
+from kdcompress.runtime import setup_runtime
 
 
 @dataclass
@@ -122,9 +124,6 @@ def evaluate_trained(
     trained: TrainedModel, data: DataBundle, device: str = "auto", batch_size: int = 512
 ) -> dict[str, float]:
     """Top-1, top-5 and mean loss of ``trained`` on the validation split of ``data``."""
-    from kdcompress.evaluate import evaluate, resolve_precision
-    from kdcompress.runtime import setup_runtime
-
     runtime = setup_runtime(device)
     model = trained.model.to(runtime.device)
     loader = data.val_loader(batch_size, runtime.device)

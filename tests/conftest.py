@@ -43,7 +43,7 @@ def tiny_recipe(arch: str = "cifar_resnet8", method: str = "ce", **sections) -> 
 @pytest.fixture(scope="session")
 def teacher_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cifar_resnet14 trained for 4 epochs on 512 digits (about 94% on the 128 validation images, in
-    about a second): a stand-in teacher good enough that accuracy comparisons (int8 vs fp32) mean something."""
+    about a second): a stand-in teacher good enough for accuracy comparisons (int8 vs fp32)."""
     out = tmp_path_factory.mktemp("teacher") / "run"
     recipe = validate_recipe(tiny_recipe("cifar_resnet14", train={"epochs": 4}, data={"train_limit": 512}))
     engine.run(recipe, out, quiet=True)

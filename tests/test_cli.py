@@ -179,6 +179,25 @@ def test_help_everywhere_and_python_dash_m(runner):
     assert all(command in done.stdout for command in commands)
 
 
+def test_help_and_recipes_list_import_neither_torch_nor_timm():
+    """The CLI starts fast: building it and answering --help or `recipes list` loads no torch or timm."""
+    script = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from kdcompress.cli import app\n"
+        "runner = CliRunner()\n"
+        "commands = (['--help'], ['distill', '--help'], ['probe-layers', '--help'], ['recipes', 'list'])\n"
+        "for args in commands:\n"
+        "    assert runner.invoke(app, args).exit_code == 0, args\n"
+        "heavy = ('torch', 'timm', 'onnx', 'onnxruntime', 'matplotlib')\n"
+        "heavy = sorted(m for m in heavy if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "", f"imported at start-up: {done.stdout.strip()}"
+
+
 def test_distill_from_a_shipped_recipe_name(runner, tmp_path, teacher_run):
     out = tmp_path / "quick"
     overrides = ["--set", f"teacher.weights={teacher_run}", "--set", "teacher.arch=cifar_resnet14"]

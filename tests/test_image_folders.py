@@ -148,3 +148,30 @@ def test_teacher_cache_refuses_continuous_crops(runner, folder, tmp_path):
     assert result.exit_code == 2, result.output
     assert "turn train.teacher_cache off" in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_eval_and_bench_use_the_crop_pct_the_model_was_trained_with(runner, folder, tmp_path, monkeypatch):
+    """A student trained with data.crop_pct=1.0 is measured by `eval` and `bench` on 1.0 crops too."""
+    out = tmp_path / "run"
+    args = ["train", "--model", "cifar_resnet8", "--data", f"imagefolder:{folder}", "--epochs", "1"]
+    args += ["--batch-size", "4", "--out", str(out), "--quiet", "--set", "data.image_size=16"]
+    args += ["--set", "data.num_workers=0", "--set", "data.crop_pct=1.0"]
+    assert runner.invoke(app, args).exit_code == 0
+    import kdcompress.data.files as files
+
+    used: list[float] = []
+    original = files.centre_crop
+
+    def recording_crop(img, size, crop_pct):
+        used.append(crop_pct)
+        return original(img, size, crop_pct)
+
+    monkeypatch.setattr(files, "centre_crop", recording_crop)
+    result = runner.invoke(app, ["eval", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert used and set(used) == {1.0}
+    used.clear()
+    bench = ["bench", str(out), "--data", f"imagefolder:{folder}", "--batch-sizes", "1", "--repeats", "1"]
+    result = runner.invoke(app, [*bench, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert used and set(used) == {1.0}

@@ -14,7 +14,7 @@ from kdcompress import losses
 from kdcompress.losses import dkd, kd, local_logits, luminet, nkd, sdd
 
 # --------------------------------------------------------------------------------------------------
-# plain-Python references, spelled out from METHODS.md (no torch, no library helpers)
+# plain-Python references, spelled out from docs/methods.md (no torch, no library helpers)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -332,7 +332,7 @@ def test_local_logits_equals_authors_pyramid_and_pooled_logit_map():
     fc = _head(channels=6, classes=5)
     fmap = torch.randn(2, 6, 8, 8, dtype=torch.float64)
     out = local_logits(fmap, fc)
-    # METHODS.md / authors' code: pool to 4x4, then that grid further to 2x2 and 1x1.
+    # docs/methods.md / authors' code: pool to 4x4, then that grid further to 2x2 and 1x1.
     grid4 = F.adaptive_avg_pool2d(fmap, 4)
     pyramid = torch.cat(
         [

@@ -1,4 +1,4 @@
-"""Tests of kdcompress.quality against hand arithmetic and a literal reference of the METHODS.md steps."""
+"""kdcompress.quality against hand arithmetic and a literal reference of the docs/feature-kd.md steps."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ EPS = 1e-12
 def reference_quality(
     features: np.ndarray, labels: np.ndarray, n_train: int | None = None
 ) -> dict[str, float]:
-    """The 9 steps of METHODS.md, written as literally as possible: explicit loops, explicit SVD."""
+    """The 9 steps of docs/feature-kd.md, written as literally as possible: explicit loops, explicit SVD."""
     x = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
     labels = np.asarray(labels)
     n, d = x.shape

@@ -18,14 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 from torch import nn
 
+from kdcompress.data import load_data
 from kdcompress.deploy.onnx import export_onnx, onnx_latency, onnx_session
 from kdcompress.errors import UserError, did_you_mean
 from kdcompress.evaluate import evaluate
 from kdcompress.formatting import ratio
+from kdcompress.models import build_model
 from kdcompress.models.cost import Latency, count_flops, count_parameters, safetensors_bytes, torch_latency
+from kdcompress.recipe import DataSpec
 from kdcompress.run_folder import TrainedModel, data_for_model, load_trained
 from kdcompress.runtime import Runtime, resolve_device
 
@@ -61,10 +65,6 @@ def resolve_models(
 ) -> list[BenchModel]:
     """Folders load with their weights; bare architecture names get the size and classes of the
     first folder given (or ``input_size`` / ``num_classes`` when set; else 3x224x224 and 1000)."""
-    import timm  # deferred: only bare architecture names need the registry
-
-    from kdcompress.models import build_model
-
     loaded: dict[int, BenchModel] = {}
     for i, spec in enumerate(specs):
         if Path(spec).exists():
@@ -96,8 +96,6 @@ def resolve_models(
 
 def _size_kwargs(arch: str, size: tuple[int, int, int]) -> dict[str, Any]:
     """Models with a fixed input size (vision transformers) take the image size at build time."""
-    import timm
-
     cfg = timm.models.get_pretrained_cfg(arch)
     if cfg is not None and cfg.fixed_input_size and tuple(cfg.input_size[1:]) != tuple(size[1:]):
         return {"img_size": tuple(size[1:])}
@@ -159,9 +157,6 @@ def evaluate_top1(bm: BenchModel, source: str, device: torch.device, val_limit: 
     if bm.trained is not None:
         data = data_for_model(bm.trained, source, val_limit=val_limit)
     else:
-        from kdcompress.data import load_data
-        from kdcompress.recipe import DataSpec
-
         channels, size, _ = bm.input_size
         data = load_data(DataSpec(source=source, image_size=size, channels=channels, val_limit=val_limit))
         if data.num_classes != bm.num_classes:

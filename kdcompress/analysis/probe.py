@@ -39,14 +39,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from kdcompress import quality
+from kdcompress.data import DataBundle, Loader, load_data
 from kdcompress.errors import UserError
+from kdcompress.models import build_model, load_weights
 from kdcompress.models.layers import Layer, candidate_layers, check_layer_names
 from kdcompress.models.modes import eval_mode
 from kdcompress.models.taps import FeatureTap, tapped_shapes
 from kdcompress.runtime import resolve_device
 
 if TYPE_CHECKING:
-    from kdcompress.data import DataBundle, Loader
     from kdcompress.recipe import ProbeRecipe
 
 __all__ = ["MAX_VALUES", "ProbeResult", "ProbeRow", "pooled_shape", "probe_layers", "resolve_probe_device"]
@@ -356,9 +357,6 @@ def probe_layers(
 
 def probe_recipe_inputs(recipe: ProbeRecipe) -> tuple[nn.Module, DataBundle]:
     """The teacher (weights loaded) and the data a :class:`~kdcompress.recipe.ProbeRecipe` names."""
-    from kdcompress.data import load_data
-    from kdcompress.models import build_model, load_weights
-
     data = load_data(recipe.data)
     spec = recipe.teacher
     model = build_model(spec.arch, data.num_classes, data.fmt.channels, **spec.kwargs)

@@ -13,16 +13,49 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
+from pydantic import Field
 from torch import nn
 
 from kdcompress.analysis.probe import ProbeResult, probe_layers
 from kdcompress.errors import UserError
+from kdcompress.methods.base import MethodConfig
 from kdcompress.models.layers import check_layer_names, middle_stage_layer, stage_end_layers
 
 if TYPE_CHECKING:
     from kdcompress.data import DataBundle
+
+
+class AlignmentOptions(MethodConfig):
+    """The options every feature method shares: how layers are paired, and how the probe runs."""
+
+    align: Literal["auto", "manual", "stages"] = "stages"
+    probe_samples: int = Field(default=5000, ge=2, description="class-balanced samples for align: auto")
+    probe_device: str = Field(default="auto", description="where the align: auto probe runs")
+    cache_teacher_features: bool = Field(
+        default=False, description="compute each (sample, view)'s teacher features once and reuse them"
+    )
+
+    def pairs(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        input_shape: Sequence[int],
+        k: int,
+        **given: object,
+    ) -> Alignment:
+        """:func:`align_layers` with this config's mode and probe settings."""
+        return align_layers(
+            self.align,
+            teacher,
+            student,
+            input_shape,
+            k,
+            probe_samples=self.probe_samples,
+            probe_device=self.probe_device,
+            **given,  # type: ignore[arg-type]
+        )
 
 
 @dataclass

@@ -22,32 +22,28 @@ the layers its first run recorded in ``recipe.yaml``).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, PrivateAttr
 from torch import nn
 
-from kdcompress.methods.alignment import align_layers
-from kdcompress.methods.base import Method, MethodConfig, Progress
+from kdcompress.methods.alignment import AlignmentOptions
+from kdcompress.methods.base import Method, Progress
 from kdcompress.methods.registry import register
 from kdcompress.models.connectors import PairLayout
 from kdcompress.models.modes import eval_mode
 from kdcompress.models.taps import FeatureTap, tapped_shapes
 
 
-class FeatKDConfig(MethodConfig):
+class FeatKDConfig(AlignmentOptions):
     """Defaults of the paper: K = 4 pairs, stage alignment unless asked to probe, w_feat 1."""
 
-    align: Literal["auto", "manual", "stages"] = "stages"
     teacher_layers: list[str] | None = None
     student_layers: list[str] | None = None
     num_pairs: int = Field(default=4, ge=1)
-    probe_samples: int = Field(default=5000, ge=2)
-    probe_device: str = "auto"
     w_feat: float = Field(default=1.0, ge=0)
-    cache_teacher_features: bool = False
     _probe_scores: dict[str, float] | None = PrivateAttr(default=None)
 
 
@@ -59,8 +55,7 @@ class FeatKD(Method):
 
     @classmethod
     def resolve_config(cls, config, *, student, teacher, input_shape, data=None):
-        alignment = align_layers(
-            config.align,
+        alignment = config.pairs(
             teacher,
             student,
             input_shape,
@@ -68,8 +63,6 @@ class FeatKD(Method):
             teacher_layers=config.teacher_layers,
             student_layers=config.student_layers,
             data=data,
-            probe_samples=config.probe_samples,
-            probe_device=config.probe_device,
             method="featkd",
         )
         resolved = config.model_copy(

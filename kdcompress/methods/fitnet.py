@@ -14,29 +14,25 @@ layer with the highest knowledge quality Q (``kdcompress.analysis.probe``) and t
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, PrivateAttr
 
-from kdcompress.methods.alignment import align_layers
-from kdcompress.methods.base import Method, MethodConfig, Progress
+from kdcompress.methods.alignment import AlignmentOptions
+from kdcompress.methods.base import Method, Progress
 from kdcompress.methods.registry import register
 from kdcompress.models.connectors import Connector
 from kdcompress.models.taps import FeatureTap, tapped_shapes
 
 
-class FitNetConfig(MethodConfig):
+class FitNetConfig(AlignmentOptions):
     """mdistiller's CIFAR FitNet config: CE weight 1, feature weight 100, the middle stage as hint."""
 
     w: float = Field(default=100.0, ge=0)
-    align: Literal["auto", "manual", "stages"] = "stages"
     teacher_layer: str | None = None
     student_layer: str | None = None
-    probe_samples: int = Field(default=5000, ge=2)
-    probe_device: str = "auto"
-    cache_teacher_features: bool = False
     _probe_score: float | None = PrivateAttr(default=None)
 
 
@@ -48,8 +44,7 @@ class FitNet(Method):
 
     @classmethod
     def resolve_config(cls, config, *, student, teacher, input_shape, data=None):
-        alignment = align_layers(
-            config.align,
+        alignment = config.pairs(
             teacher,
             student,
             input_shape,
@@ -58,8 +53,6 @@ class FitNet(Method):
             student_layers=[config.student_layer] if config.student_layer else None,
             default="middle",
             data=data,
-            probe_samples=config.probe_samples,
-            probe_device=config.probe_device,
             method="fitnet",
         )
         resolved = config.model_copy(
