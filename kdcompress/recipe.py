@@ -21,11 +21,26 @@ class _Section(BaseModel):
 
 
 class ModelSpec(_Section):
-    """A model by timm name, with optional local weights and extra ``timm.create_model`` arguments."""
+    """A model by timm name (a pretrained tag or ``hf-hub:org/repo`` allowed), where its weights come
+    from, and extra ``timm.create_model`` arguments. See :mod:`kdcompress.models.factory`."""
 
     arch: str
-    weights: str | None = None
+    weights: str | None = Field(
+        default=None, description="exact weights: a file, a run/export folder, or 'pretrained' (timm's)"
+    )
+    init: str | None = Field(
+        default=None,
+        description="initialisation: 'pretrained' or a file; timm adapts the head and first conv",
+    )
     kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class TeacherSpec(ModelSpec):
+    """The teacher: a model with exact weights (a random teacher only when asked for explicitly)."""
+
+    allow_random: bool = Field(
+        default=False, description="accept a teacher without weights (tests, speed benchmarks)"
+    )
 
 
 class DataSpec(_Section):
@@ -90,6 +105,17 @@ class OptimSpec(_Section):
     lr_scaling: Literal["none", "linear"] = Field(
         default="none", description="linear: multiply lr by the number of DDP processes"
     )
+    backbone_lr_scale: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="the student's parameters other than its classifier train at lr * this (fine-tuning)",
+    )
+    freeze_backbone_epochs: int = Field(
+        default=0,
+        ge=0,
+        description="epochs at the start during which only the classifier (and connectors) train",
+    )
 
 
 class ScheduleSpec(_Section):
@@ -140,7 +166,7 @@ class PaperSpec(BaseModel):
 
 class Recipe(_Section):
     student: ModelSpec
-    teacher: ModelSpec | None = None
+    teacher: TeacherSpec | None = None
     data: DataSpec = Field(default_factory=DataSpec)
     method: MethodSpec = Field(default_factory=MethodSpec)
     optim: OptimSpec = Field(default_factory=OptimSpec)
@@ -176,7 +202,7 @@ class ProbeRecipe(_Section):
     (student, method, optimiser) does not concern the probe and is ignored.
     """
 
-    teacher: ModelSpec
+    teacher: TeacherSpec
     data: DataSpec = Field(default_factory=DataSpec)
     probe: ProbeSpec = Field(default_factory=ProbeSpec)
 

@@ -143,6 +143,8 @@ def test_teacher_cache_refuses_continuous_crops(runner, folder, tmp_path):
         "data.num_workers=0",
         "--set",
         "train.teacher_cache=true",
+        "--set",
+        "teacher.allow_random=true",
     ]
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output

@@ -136,7 +136,8 @@ def test_probe_layers_list(runner):
         (["--teacher", "resnet8q", "--data", "digits"], "Unknown architecture 'resnet8q'"),
         (["--data", "digits"], "Say which teacher to probe"),
         (
-            ["--teacher", "cifar_resnet8", "--data", "digits", "--samples", "40", "--top-k", "9"],
+            ["--teacher", "cifar_resnet8", "--data", "digits", "--samples", "40", "--top-k", "9"]
+            + ["--set", "teacher.allow_random=true"],
             "Cannot choose 9 layers",
         ),
         (["--teacher", "cifar_resnet8", "--data", "digits", "--plot", "x.txt"], "--plot"),

@@ -63,11 +63,19 @@ def test_wrong_architecture_lists_keys(tmp_path):
 
 
 def test_shape_mismatch_is_listed(tmp_path):
-    torch.save(build_model("cifar_resnet8", 10, 3).state_dict(), tmp_path / "w.pth")
+    torch.save(build_model("cifar_resnet8x4", 10, 1).state_dict(), tmp_path / "w.pth")
     with pytest.raises(
-        UserError, match=r"shape mismatches .*conv1\.weight \(16, 3, 3, 3\) vs \(16, 1, 3, 3\)"
+        UserError, match=r"shape mismatches .*conv1\.weight \(32, 1, 3, 3\) vs \(16, 1, 3, 3\)"
     ):
         load_weights(fresh(), tmp_path / "w.pth")
+
+
+def test_channel_mismatch_says_how_to_fix_it(tmp_path):
+    torch.save(build_model("cifar_resnet8", 10, 3).state_dict(), tmp_path / "w.pth")
+    with pytest.raises(
+        UserError, match=r"take 3-channel images but the data gives 1; add --set data.channels=3"
+    ):
+        load_weights(fresh(), tmp_path / "w.pth", "teacher")
 
 
 def test_missing_and_corrupt_files(tmp_path):

@@ -41,7 +41,7 @@ from torch import nn
 from kdcompress import quality
 from kdcompress.data import DataBundle, Loader, load_data
 from kdcompress.errors import UserError
-from kdcompress.models import build_model, load_weights
+from kdcompress.models.factory import build_from_spec
 from kdcompress.models.layers import Layer, candidate_layers, check_layer_names
 from kdcompress.models.modes import eval_mode
 from kdcompress.models.taps import FeatureTap, tapped_shapes
@@ -355,13 +355,16 @@ def probe_layers(
     return ProbeResult(rows, chosen, settings, timings)
 
 
-def probe_recipe_inputs(recipe: ProbeRecipe) -> tuple[nn.Module, DataBundle]:
-    """The teacher (weights loaded) and the data a :class:`~kdcompress.recipe.ProbeRecipe` names."""
+def probe_recipe_inputs(recipe: ProbeRecipe, weights_needed: bool = True) -> tuple[nn.Module, DataBundle]:
+    """The teacher (weights loaded) and the data a :class:`~kdcompress.recipe.ProbeRecipe` names.
+
+    Measuring a random teacher is meaningless, so it is refused unless the recipe allows it; listing
+    layers (``weights_needed=False``) works on any teacher."""
     data = load_data(recipe.data)
     spec = recipe.teacher
-    model = build_model(spec.arch, data.num_classes, data.fmt.channels, **spec.kwargs)
-    if spec.weights:
-        load_weights(model, spec.weights, "teacher")
+    if not weights_needed and not spec.weights:
+        spec = spec.model_copy(update={"allow_random": True})
+    model, _ = build_from_spec(spec, "teacher", data.num_classes, data.fmt.channels)
     return model, data
 
 

@@ -44,10 +44,25 @@ RecipeOpt = Annotated[
         "(e.g. cifar100/resnet32x4-resnet8x4/dkd); flags and --set override it.",
     ),
 ]
-TeacherOpt = Annotated[str | None, typer.Option("--teacher", help="Teacher architecture.")]
+TeacherOpt = Annotated[
+    str | None,
+    typer.Option("--teacher", help="Teacher: a timm name (resnet50.a1_in1k), hf-hub:org/repo, or cifar_*."),
+]
 TeacherWeightsOpt = Annotated[
     str | None,
-    typer.Option("--teacher-weights", help="Teacher weights: .safetensors, .pth/.pt, or a run folder."),
+    typer.Option(
+        "--teacher-weights",
+        help="The teacher's exact weights: .safetensors / .pth file, a kdcompress run folder, or "
+        "'pretrained' (timm's weights for --teacher). They must fit the data's classes.",
+    ),
+]
+InitOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--init",
+        help="Start from these weights: 'pretrained' (timm's for --model) or a file / run folder. timm "
+        "re-initialises the head for other classes and adapts the first conv for other channels.",
+    ),
 ]
 SetOpt = Annotated[
     list[str] | None,

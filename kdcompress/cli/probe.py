@@ -140,7 +140,7 @@ def register(app: typer.Typer) -> None:
             from kdcompress.analysis.probe import probe_recipe_inputs
             from kdcompress.models.layers import candidate_layers
 
-            model, bundle = probe_recipe_inputs(spec)
+            model, bundle = probe_recipe_inputs(spec, weights_needed=False)
             input_shape = bundle.fmt.input_shape
             console.print(_layers_table(spec.teacher.arch, input_shape, candidate_layers(model, input_shape)))
             return

@@ -12,6 +12,7 @@ from kdcompress.cli.common import (
     DataOpt,
     DeviceOpt,
     EpochsOpt,
+    InitOpt,
     LrOpt,
     OutOpt,
     QuietOpt,
@@ -59,8 +60,13 @@ def register(app: typer.Typer) -> None:
     @guarded
     def train(
         model: Annotated[
-            str | None, typer.Option("--model", help="Architecture (any timm name, or cifar_*).")
+            str | None,
+            typer.Option(
+                "--model",
+                help="Architecture: any timm name (with a pretrained tag), hf-hub:org/repo, cifar_*.",
+            ),
         ] = None,
+        init: InitOpt = None,
         data: DataOpt = None,
         out: OutOpt = None,
         epochs: EpochsOpt = None,
@@ -76,7 +82,7 @@ def register(app: typer.Typer) -> None:
         """Train a model with plain cross-entropy: a teacher, or a from-scratch student baseline."""
         flags = merge(
             training_flags(data, epochs, batch_size, lr, device, seed),
-            {"student": {"arch": model}, "method": {"name": "ce"}},
+            {"student": {"arch": model, "init": init}, "method": {"name": "ce"}},
         )
         _run(recipe, flags, set_, out, resume, quiet)
 
@@ -85,7 +91,18 @@ def register(app: typer.Typer) -> None:
     def distill(
         teacher: TeacherOpt = None,
         teacher_weights: TeacherWeightsOpt = None,
-        student: Annotated[str | None, typer.Option("--student", help="Student architecture.")] = None,
+        student: Annotated[
+            str | None,
+            typer.Option("--student", help="Student architecture (timm name, hf-hub:org/repo, cifar_*)."),
+        ] = None,
+        student_init: Annotated[
+            str | None,
+            typer.Option(
+                "--student-init",
+                help="Start the student from 'pretrained' (timm's weights) or a file; the head and first "
+                "conv are adapted to the data.",
+            ),
+        ] = None,
         method: Annotated[
             str | None,
             typer.Option("--method", help="Distillation method (`kdcompress recipes methods` lists them)."),
@@ -113,7 +130,7 @@ def register(app: typer.Typer) -> None:
             training_flags(data, epochs, batch_size, lr, device, seed),
             {
                 "teacher": {"arch": teacher, "weights": teacher_weights},
-                "student": {"arch": student},
+                "student": {"arch": student, "init": student_init},
                 "method": {"name": method, "align": align},
             },
         )

@@ -82,6 +82,24 @@ def _listing(keys: list[str], limit: int = 4) -> str:
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+def _first_conv_key(model: nn.Module) -> str | None:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    name = cfg.get("first_conv")
+    if isinstance(name, (list, tuple)):
+        name = name[0] if name else None
+    return f"{name}.weight" if name else None
+
+
+def _adapt_hint(what: str) -> str:
+    """How to use weights of another class count or channel count instead."""
+    if what == "teacher":
+        return (
+            "a teacher must already know the data's classes: fine-tune it first with "
+            "`kdcompress train --model ARCH --init FILE --data ...` and pass that run"
+        )
+    return "to start from them with a new head / adapted first conv, pass them as --init (--student-init)"
+
+
 def load_weights(model: nn.Module, path: str | Path, what: str = "model") -> None:
     """Load a weight file into ``model`` strictly; any mismatch is one precise user-facing sentence."""
     state = read_state_dict(path)
@@ -92,7 +110,15 @@ def load_weights(model: nn.Module, path: str | Path, what: str = "model") -> Non
         if have != want:
             raise UserError(
                 f"The {what} weights in '{path}' have {have} classes but the data has {want}; "
-                "use weights trained on this dataset's classes."
+                f"{_adapt_hint(what)}."
+            )
+    stem_key = _first_conv_key(model)
+    if stem_key and stem_key in state and stem_key in expected and state[stem_key].dim() == 4:
+        have, want = state[stem_key].shape[1], expected[stem_key].shape[1]
+        if have != want:
+            raise UserError(
+                f"The {what} weights in '{path}' take {have}-channel images but the data gives {want}; "
+                f"add --set data.channels={have}, or {_adapt_hint(what)}."
             )
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]

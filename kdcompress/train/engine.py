@@ -34,7 +34,8 @@ from kdcompress.errors import UserError
 from kdcompress.evaluate import autocast_for, evaluate, resolve_precision
 from kdcompress.methods import Method, resolve_method
 from kdcompress.methods import Progress as StepProgress
-from kdcompress.models import build_model, count_parameters, load_weights
+from kdcompress.models import count_parameters
+from kdcompress.models.factory import architecture_of, build_from_spec, path_or_keyword
 from kdcompress.recipe import Recipe, validate_recipe
 from kdcompress.runtime import Runtime, all_reduce_sum, setup_runtime
 from kdcompress.train.report import write_report
@@ -52,6 +53,7 @@ class Prepared:
     method: Method
     student: nn.Module
     teacher: nn.Module | None
+    origins: dict[str, str]  # role -> where its weights came from (recorded in config.json, report.md)
 
 
 def seed_everything(seed: int, epoch: int = 0) -> None:
@@ -64,31 +66,38 @@ def prepare(recipe: Recipe) -> Prepared:
     data = load_data(recipe.data)
     fmt = data.fmt
     seed_everything(recipe.train.seed)
-    student = build_model(recipe.student.arch, data.num_classes, fmt.channels, **recipe.student.kwargs)
-    if recipe.student.weights:
-        load_weights(student, recipe.student.weights, "student")
+    student, origins = build_from_spec(recipe.student, "student", data.num_classes, fmt.channels), {}
+    student, origins["student"] = student
     teacher = None
     if method_cls.needs_teacher:
         if recipe.teacher is None:
             raise UserError(
                 f"Method '{method_cls.name}' needs a teacher; pass --teacher ARCH --teacher-weights FILE."
             )
-        teacher = build_model(recipe.teacher.arch, data.num_classes, fmt.channels, **recipe.teacher.kwargs)
-        if recipe.teacher.weights:
-            load_weights(teacher, recipe.teacher.weights, "teacher")
+        teacher, origins["teacher"] = build_from_spec(
+            recipe.teacher, "teacher", data.num_classes, fmt.channels
+        )
     example_loader = data.val_loader(min(8, len(data.dataset.val)), torch.device("cpu"))
     example = next(iter(example_loader.batches())).images
     method = method_cls.build(method_config, student, teacher, example, data)
     # Record the method's fully resolved options (defaults and aliases spelled out) in the recipe.
     resolved = recipe.model_dump(mode="json")
     resolved["method"] = {"name": method_cls.name, **method.config.model_dump(mode="json")}
-    return Prepared(validate_recipe(resolved), data, method, student, teacher)
+    # Weight paths are recorded absolute, so the recipe replays from any working directory.
+    for role in ("student", "teacher"):
+        if resolved.get(role):
+            for key in ("weights", "init"):
+                resolved[role][key] = path_or_keyword(resolved[role][key])
+    return Prepared(validate_recipe(resolved), data, method, student, teacher, origins)
 
 
-def student_config(recipe: Recipe, data: DataBundle, extra: dict[str, Any]) -> dict[str, Any]:
+def student_config(prepared: Prepared, extra: dict[str, Any]) -> dict[str, Any]:
+    """The student's timm-style ``config.json``: its resolved architecture (``resnet18`` for
+    ``resnet18.a1_in1k``), input format, and what the run was (recipe, data, weights' origins)."""
+    recipe, data, teacher = prepared.recipe, prepared.data, prepared.teacher
     fmt = data.fmt
     return checkpoint.model_config(
-        arch=recipe.student.arch,
+        arch=architecture_of(prepared.student, recipe.student.arch),
         num_classes=data.num_classes,
         in_chans=fmt.channels,
         image_size=fmt.size,
@@ -98,7 +107,8 @@ def student_config(recipe: Recipe, data: DataBundle, extra: dict[str, Any]) -> d
         model_kwargs=recipe.student.kwargs,
         extra={
             "method": recipe.method.name,
-            "teacher": recipe.teacher.arch if recipe.teacher else None,
+            "teacher": architecture_of(teacher, recipe.teacher.arch) if teacher is not None else None,
+            "weights": prepared.origins,
             "data": recipe.data.source,
             "class_names": data.dataset.class_names,
             "recipe": recipe.model_dump(mode="json"),
@@ -163,7 +173,11 @@ class Trainer:
                 prepared.teacher.compile(mode=train.compile_mode)
         self.optimizer = build_optimizer(self.method, self.recipe.optim, runtime)
         self.scheduler = build_scheduler(
-            self.optimizer, self.recipe.schedule, train.epochs, len(self.train_loader)
+            self.optimizer,
+            self.recipe.schedule,
+            train.epochs,
+            len(self.train_loader),
+            self.recipe.optim.freeze_backbone_epochs,
         )
         self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=self.precision == "fp16")
         self.teacher_cache = self._build_teacher_cache()
@@ -303,6 +317,8 @@ class Trainer:
             for epoch in range(self.start_epoch, epochs + 1):
                 task = bar.add_task(f"epoch {epoch}", total=len(self.train_loader))
                 row: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
+                for group in self.optimizer.param_groups[1:]:
+                    row[f"lr_{group['name']}"] = group["lr"]
                 row.update(self.train_epoch(epoch, bar if show_bar else None, task))
                 bar.remove_task(task)
                 val = evaluate(self.method.student, self.val_loader, runtime, self.precision)
@@ -334,7 +350,7 @@ class Trainer:
             "teacher_val_top1": self.teacher_top1,
         }
         extra.update(self.method.extra_state_for_report())
-        config = student_config(self.recipe, self.prepared.data, extra)
+        config = student_config(self.prepared, extra)
         if improved:
             checkpoint.save_model_folder(self.run_dir, self.prepared.student, config)
         method_extra = {k: v for k, v in self.method.state_dict().items() if not k.startswith("student.")}

@@ -52,17 +52,19 @@ def measure_models(recipe: Recipe, config: dict[str, Any]) -> dict[str, dict[str
     """FLOPs per image and CPU latency at batch 1 for the student and (when there is one) the teacher."""
     input_size = tuple(int(v) for v in config["pretrained_cfg"]["input_size"])
     num_classes = int(config["num_classes"])
-    roles = {"student": recipe.student}
+    # The resolved architectures (``resnet18`` for ``resnet18.a1_in1k`` or an hf-hub repo): random copies
+    # cost the same FLOPs and time, and building them needs no weights.
+    roles = {"student": (config["architecture"], recipe.student.kwargs)}
     if recipe.teacher is not None:
-        roles["teacher"] = recipe.teacher
+        roles["teacher"] = (config["kdcompress"].get("teacher") or recipe.teacher.arch, recipe.teacher.kwargs)
     out: dict[str, dict[str, float | None]] = {}
     gen = torch.Generator().manual_seed(0)
     inputs = torch.randn(1, *input_size, generator=gen)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # single-thread latency: comparable across machines and busy hosts
     try:
-        for role, spec in roles.items():
-            model = build_model(spec.arch, num_classes, input_size[0], **spec.kwargs).eval()
+        for role, (arch, kwargs) in roles.items():
+            model = build_model(arch, num_classes, input_size[0], **kwargs).eval()
             out[role] = {
                 "flops": float(count_flops(model, input_size)),  # type: ignore[arg-type]
                 "latency_ms": _quick_latency_ms(model, inputs),
@@ -95,14 +97,14 @@ def _recipe_summary(recipe: Recipe, config: dict[str, Any] | None) -> list[str]:
     ]
     if limits:
         data += f" (limited: {', '.join(limits)})"
+    origins = (config or {}).get("kdcompress", {}).get("weights", {})
     teacher = "none"
     if recipe.teacher is not None:
-        teacher = recipe.teacher.arch + (
-            f" (weights: {recipe.teacher.weights})" if recipe.teacher.weights else ""
-        )
+        teacher = recipe.teacher.arch + (f": {origins['teacher']}" if origins.get("teacher") else "")
+    student = recipe.student.arch + (f": {origins['student']}" if origins.get("student") else "")
     optim, schedule, train = recipe.optim, recipe.schedule, recipe.train
     rows = [
-        ("student", recipe.student.arch),
+        ("student", student),
         ("teacher", teacher),
         ("method", method),
         ("data", data),
@@ -113,7 +115,13 @@ def _recipe_summary(recipe: Recipe, config: dict[str, Any] | None) -> list[str]:
         ),
         (
             "optimizer",
-            f"{optim.name}, lr {optim.lr:g}, weight decay {optim.weight_decay:g}, {schedule.name} schedule",
+            f"{optim.name}, lr {optim.lr:g}, weight decay {optim.weight_decay:g}, {schedule.name} schedule"
+            + (f", backbone lr x{optim.backbone_lr_scale:g}" if optim.backbone_lr_scale != 1 else "")
+            + (
+                f", backbone frozen for {optim.freeze_backbone_epochs} epochs"
+                if optim.freeze_backbone_epochs
+                else ""
+            ),
         ),
     ]
     return ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
