@@ -115,9 +115,11 @@ def test_blockkd_on_vits_groups_blocks():
 def test_featkd_backbone_gets_no_gradient_from_ce(batch):
     torch.manual_seed(0)
     images, labels = batch
-    method = _method("featkd", _model("cifar_resnet14"), _model("cifar_resnet8"), images)
-    assert method.student_layers == ["relu", "layer1.0", "layer2.0", "layer3.0"]
-    assert method.teacher_layers == ["relu", "layer1.1", "layer2.1", "layer3.1"]
+    with pytest.warns(UserWarning, match="3 layers past its stem, so 3 layer pairs"):
+        method = _method("featkd", _model("cifar_resnet14"), _model("cifar_resnet8"), images)
+    assert method.student_layers == ["layer1.0", "layer2.0", "layer3.0"]  # never the stem
+    assert method.teacher_layers == ["layer1.1", "layer2.1", "layer3.1"]
+    assert method.config.num_pairs == 3
     assert method.detach_layer == "layer3.0"
     method.train()
     teacher_out = method.teacher_outputs(images)
@@ -134,6 +136,44 @@ def test_featkd_backbone_gets_no_gradient_from_ce(batch):
     terms["feat"].backward()
     assert student.fc.weight.grad is None  # the head learns from CE only
     assert all(p.grad is not None for p in backbone)
+
+
+@pytest.mark.parametrize("name", ["featkd-ce", "base-fkd"])
+def test_without_detach_ce_reaches_the_backbone_and_base_fkd_adds_kd(batch, name):
+    torch.manual_seed(0)
+    images, labels = batch
+    teacher, student = _model("cifar_resnet14"), _model("cifar_resnet8")
+    options = {"num_pairs": 3}
+    if name == "featkd-ce":  # auto alignment probes data; name the Q layers instead
+        options |= {"teacher_layers": ["layer2.0", "layer2.1", "layer3.1"]}
+    method = _method(name, teacher, student, images, **options)
+    assert method.config.detach_head is False and method.detach_layer is None
+    method.train()
+    teacher_out = method.teacher_outputs(images)
+    _, terms = method(images, labels, STEP, teacher_out)
+    expected = {"feat", "ce", "kd"} if name == "base-fkd" else {"feat", "ce"}
+    assert set(terms) == expected
+    terms["ce"].backward(retain_graph=True)
+    backbone = [p for n, p in student.named_parameters() if not n.startswith("fc.")]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in backbone if p.dim() > 1)
+    if name == "base-fkd":
+        assert method.config.w_kd == 1.0 and method.config.align == "stages"
+        with torch.no_grad():
+            teacher_logits = teacher.eval()(images)
+        assert torch.allclose(teacher_out[-1], teacher_logits)
+        logits = student(images)
+        assert terms["kd"].item() == pytest.approx(losses.kd(logits, teacher_logits, 4.0).item(), rel=1e-4)
+
+
+def test_base_fkd_logs_its_three_terms_by_name(runner, tmp_path, teacher_run):
+    out = tmp_path / "base"
+    result = runner.invoke(app, distill_args(teacher_run, "base-fkd", out, "--set", "method.num_pairs=3"))
+    assert result.exit_code == 0, result.output
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"loss_feat", "loss_ce", "loss_kd"} <= set(row)
+    assert row["loss"] == pytest.approx(row["loss_feat"] + row["loss_ce"] + row["loss_kd"])
+    method = yaml.safe_load((out / "recipe.yaml").read_text())["method"]
+    assert method["name"] == "featkd" and method["detach_head"] is False and method["w_kd"] == 1.0
 
 
 def test_featkd_loss_is_mean_of_pairwise_mse(batch):
@@ -240,11 +280,11 @@ def test_align_auto_writes_probed_layers_to_the_recipe(runner, tmp_path, teacher
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     method = yaml.safe_load((out / "recipe.yaml").read_text())["method"]
-    assert method["align"] == "auto" and method["num_pairs"] == 4
+    assert method["align"] == "auto" and method["num_pairs"] == 3  # the student has 3 layers past its stem
     candidates = ["relu", "layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1"]
     chosen = method["teacher_layers"]
-    assert len(chosen) == 4 and chosen == sorted(chosen, key=candidates.index)
-    assert method["student_layers"] == ["relu", "layer1.0", "layer2.0", "layer3.0"]
+    assert len(chosen) == 3 and chosen == sorted(chosen, key=candidates.index)
+    assert method["student_layers"] == ["layer1.0", "layer2.0", "layer3.0"]
     assert "teacher_layer_quality" in (out / "report.md").read_text()
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert row["loss"] == pytest.approx(row["loss_feat"] + row["loss_ce"])

@@ -120,7 +120,7 @@ def test_bad_layer_names_list_valid_ones():
     ):
         check_layer_names(model, ["layer2.9"], "teacher", (3, 32, 32))
     check_layer_names(model, ["layer2", "layer2.0.conv1", FORWARD_FEATURES], "student", (3, 32, 32))
-    with pytest.raises(UserError, match="only 4 stage ends"):
+    with pytest.raises(UserError, match="only 3 candidate layers past its stem"):
         stage_end_layers(model, 5, (3, 32, 32))
 
 

@@ -11,6 +11,7 @@ from its recorded recipe). Missing ones come from the ``align`` mode:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -21,7 +22,12 @@ from torch import nn
 from kdcompress.analysis.probe import ProbeResult, probe_layers
 from kdcompress.errors import UserError
 from kdcompress.methods.base import MethodConfig
-from kdcompress.models.layers import check_layer_names, middle_stage_layer, stage_end_layers
+from kdcompress.models.layers import (
+    check_layer_names,
+    layers_past_stem,
+    middle_stage_layer,
+    stage_end_layers,
+)
 
 if TYPE_CHECKING:
     from kdcompress.data import DataBundle
@@ -113,6 +119,15 @@ def align_layers(
             return [middle_stage_layer(model, input_shape)]
         return stage_end_layers(model, k, input_shape)
 
+    if s_names is None and default != "middle":
+        capacity = layers_past_stem(student, input_shape)
+        if capacity < k:  # a shallow student: as many pairs as it has layers past its stem
+            warnings.warn(
+                f"{method}: the student has {capacity} layers past its stem, so {capacity} layer pairs are "
+                f"distilled instead of {k} (set method.num_pairs={capacity} to say so).",
+                stacklevel=2,
+            )
+            k = capacity
     probe = None
     if t_names is None:
         if mode == "auto":

@@ -3,21 +3,29 @@
 K one-to-one pairs (student layer s_k, teacher layer t_k). Per pair, whichever feature is spatially
 larger is adaptive-average-pooled to the other's size (the student *before* its projector; the teacher
 inside :meth:`FeatKD.teacher_outputs`, so cached teacher features are already small), then a projector
-``P_k`` -- one 1x1 convolution, no bias, no BN, student channels -> teacher channels (a ``Conv1d`` over
-the hidden size for token features) -- maps the student feature, and
+``P_k`` -- one 1x1 convolution, no bias, no BN, default initialisation, student channels -> teacher
+channels (a ``Conv1d`` over the hidden size for token features) -- maps the student feature, and
 
-    L_feat = (1/K) * sum_k mean((P_k(f_s) - f_t)^2).
+    L_feat = (1/K) * sum_k mean((P_k(f_s) - f_t)^2)      (mean over batch and elements, per pair)
 
-No logit loss reaches the backbone: the student's output at its *last* (deepest) distilled layer is
-detached on its way to the rest of the network, and the layers after it (the head) are trained at the
-same time by plain cross-entropy (weight 1). Token features (ViT) are pooled over the token axis when the
-counts differ; a CNN map paired with tokens is compared as a flattened ``[B, C, L]`` sequence.
+with no normalisation of either side, exactly as the authors' code computes it.
 
-Layer choice (``align``): ``stages`` (default) pairs the last K stage ends of each model; ``auto`` probes
-the teacher (``kdcompress.analysis.probe``: the K highest-Q layers in depth order) on a class-balanced
-sample of the training split and pairs them with the student's K stage ends; ``manual`` uses
-``teacher_layers`` and ``student_layers``. Layers given explicitly are always used (a resumed run keeps
-the layers its first run recorded in ``recipe.yaml``).
+``detach_head`` (default true, the paper's method): no logit loss reaches the backbone. The student's
+output at its deepest distilled layer is detached on its way to the rest of the network, and the layers
+after it (the head) are trained at the same time by plain cross-entropy (weight 1). With
+``detach_head: false`` the CE trains the whole network ("Ours + CE" in the paper). ``w_kd`` adds
+Hinton KD on the logits, ``w_kd * T^2 KL`` at ``temperature`` (the paper's "Base FKD" uses
+``w_kd: 1``, T = 4, with stage-end layers and no detach); it is logged as ``loss_kd``.
+
+Layer choice (``align``): ``stages`` (default) pairs K stage ends of each model (never the stem);
+``auto`` probes the teacher (``kdcompress.analysis.probe``: the K highest-Q layers in depth order) on a
+class-balanced sample of the training split and pairs them with the student's K stage ends; ``manual``
+uses ``teacher_layers`` and ``student_layers``. Layers given explicitly are always used (a resumed run
+keeps the layers its first run recorded in ``recipe.yaml``).
+
+The paper's comparison set, as aliases of this one method: ``featkd --align auto`` ("Ours"),
+``featkd --align stages`` ("Base FKD-LL"), ``base-fkd`` ("Base FKD": stages, CE through the backbone,
+KD at T = 4), ``featkd-ce`` ("Ours + CE": Q-chosen layers, CE through the backbone).
 """
 
 from __future__ import annotations
@@ -29,21 +37,26 @@ import torch.nn.functional as F
 from pydantic import Field, PrivateAttr
 from torch import nn
 
+from kdcompress import losses
 from kdcompress.methods.alignment import AlignmentOptions
 from kdcompress.methods.base import Method, Progress
-from kdcompress.methods.registry import register
+from kdcompress.methods.registry import register, register_alias
 from kdcompress.models.connectors import PairLayout
 from kdcompress.models.modes import eval_mode
 from kdcompress.models.taps import FeatureTap, tapped_shapes
 
 
 class FeatKDConfig(AlignmentOptions):
-    """Defaults of the paper: K = 4 pairs, stage alignment unless asked to probe, w_feat 1."""
+    """Defaults of the paper: K = 4 pairs, stage alignment unless asked to probe, w_feat 1, the head
+    detached from the backbone, no logit loss."""
 
     teacher_layers: list[str] | None = None
     student_layers: list[str] | None = None
     num_pairs: int = Field(default=4, ge=1)
     w_feat: float = Field(default=1.0, ge=0)
+    detach_head: bool = Field(default=True, description="CE trains only the layers after the last pair")
+    w_kd: float = Field(default=0.0, ge=0, description="weight of Hinton KD on the logits (Base FKD: 1)")
+    temperature: float = Field(default=4.0, gt=0, description="temperature of the w_kd term")
     _probe_scores: dict[str, float] | None = PrivateAttr(default=None)
 
 
@@ -88,12 +101,15 @@ class FeatKD(Method):
             for s, t in zip(self.student_layers, self.teacher_layers, strict=True)
         ]
         self.projectors = nn.ModuleList(pair.projection(bias=False) for pair in self.pairs)
-        self.detach_layer = self._deepest(student, self.student_layers, example)
-        # Built once (not nn.Modules, so nothing is registered); hooks are attached per call only.
-        self.__dict__["_student_tap"] = FeatureTap(
-            student, self.student_layers, replace={self.detach_layer: torch.Tensor.detach}
+        deepest = self._deepest(student, self.student_layers, example)
+        self.detach_layer = deepest if config.detach_head else None
+        replace = {deepest: torch.Tensor.detach} if config.detach_head else None
+        # Built once (not nn.Modules, so nothing is registered); hooks are attached per call only. The
+        # teacher's pass stops after its deepest pair unless the KD term needs its logits.
+        self.__dict__["_student_tap"] = FeatureTap(student, self.student_layers, replace=replace)
+        self.__dict__["_teacher_tap"] = FeatureTap(
+            teacher, self.teacher_layers, stop_after_last=config.w_kd == 0
         )
-        self.__dict__["_teacher_tap"] = FeatureTap(teacher, self.teacher_layers, stop_after_last=True)
 
     @staticmethod
     def _deepest(model: nn.Module, names: list[str], example: torch.Tensor) -> str:
@@ -104,16 +120,19 @@ class FeatKD(Method):
         return tap.order[-1] if tap.order else names[-1]
 
     def teacher_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The teacher's K features, pooled to each pair's common size; no grad (safe to cache)."""
+        """The teacher's K features pooled to each pair's common size (and, with ``w_kd``, its logits
+        last); no grad, and a function of the image only (safe to cache)."""
         tap = self._teacher_tap
         with torch.inference_mode():
-            tap.run(images)
-            feats = tuple(
+            logits = tap.run(images)
+            outputs = [
                 pair.to_common(tap.features[name], "teacher")
                 for pair, name in zip(self.pairs, self.teacher_layers, strict=True)
-            )
+            ]
+            if self.config.w_kd > 0:
+                outputs.append(logits)
         tap.features = {}
-        return tuple(f.clone() for f in feats)
+        return tuple(f.clone() for f in outputs)
 
     def forward(self, images, labels, progress: Progress, teacher_out):
         tap = self._student_tap
@@ -121,13 +140,16 @@ class FeatKD(Method):
             logits = self.student(images)
         total = torch.zeros((), device=logits.device, dtype=torch.float32)
         for pair, projector, name, target in zip(
-            self.pairs, self.projectors, self.student_layers, teacher_out, strict=True
+            self.pairs, self.projectors, self.student_layers, teacher_out[: len(self.pairs)], strict=True
         ):
             projected = projector(pair.to_common(tap.features[name], "student"))
             total = total + F.mse_loss(projected.float(), target.float())
         tap.features = {}  # drop the references (the graph keeps what backward needs)
-        feat = self.config.w_feat * total / len(self.pairs)
-        return logits, {"feat": feat, "ce": F.cross_entropy(logits, labels)}
+        cfg = self.config
+        terms = {"feat": cfg.w_feat * total / len(self.pairs), "ce": F.cross_entropy(logits, labels)}
+        if cfg.w_kd > 0:
+            terms["kd"] = cfg.w_kd * losses.kd(logits, teacher_out[-1], cfg.temperature)
+        return logits, terms
 
     def extra_state_for_report(self) -> dict[str, Any]:
         facts: dict[str, Any] = {
@@ -135,8 +157,12 @@ class FeatKD(Method):
             "layer_pairs": [
                 f"{t} <- {s}" for t, s in zip(self.teacher_layers, self.student_layers, strict=True)
             ],
-            "detached_at": self.detach_layer,
+            "detached_at": self.detach_layer or "nowhere (CE trains the whole student)",
         }
         if self.config._probe_scores:
             facts["teacher_layer_quality"] = {k: round(v, 4) for k, v in self.config._probe_scores.items()}
         return facts
+
+
+register_alias("base-fkd", "featkd", align="stages", detach_head=False, w_kd=1.0)
+register_alias("featkd-ce", "featkd", align="auto", detach_head=False)

@@ -37,7 +37,14 @@ from kdcompress.errors import UserError, did_you_mean
 from kdcompress.models.modes import eval_mode
 from kdcompress.models.taps import FORWARD_FEATURES, first_tensor
 
-__all__ = ["Layer", "candidate_layers", "check_layer_names", "middle_stage_layer", "stage_end_layers"]
+__all__ = [
+    "Layer",
+    "candidate_layers",
+    "check_layer_names",
+    "layers_past_stem",
+    "middle_stage_layer",
+    "stage_end_layers",
+]
 
 _BLOCK_CLASS = re.compile(r"(Block|Bottleneck|Residual|DepthwiseSeparableConv|ConvBnAct)\d*$")
 _ACTIVATIONS = (
@@ -281,34 +288,47 @@ def candidate_layers(model: nn.Module, input_shape: Sequence[int] | None = None)
     ]
 
 
+def _spread(layers: list[Layer], k: int) -> list[str]:
+    """``k`` of ``layers`` at evenly spaced depths, the last one included."""
+    return [layers[math.ceil((i + 1) * len(layers) / k) - 1].name for i in range(k)]
+
+
+def layers_past_stem(model: nn.Module, input_shape: Sequence[int] | None = None) -> int:
+    """How many layers :func:`stage_end_layers` can choose from (its largest valid ``k``)."""
+    layers = candidate_layers(model, input_shape)
+    ends = [layer for layer in layers if layer.stage_end is not None and layer.kind != "stem"]
+    return max(len(ends), sum(layer.kind in ("block", "unit") for layer in layers))
+
+
 def stage_end_layers(
     model: nn.Module, k: int, input_shape: Sequence[int] | None = None, layers: list[Layer] | None = None
 ) -> list[str]:
-    """The layers ending the model's last ``k`` stages (its ``feature_info`` entries), shallow first.
+    """``k`` layers ending the model's stages (its ``feature_info`` entries), shallow first; never the stem.
 
-    Models whose ``feature_info`` entries all share one reduction (a ViT lists every block) have no
-    stage structure: their entries are split into ``k`` equal groups and the group ends returned.
-    Without ``feature_info``, the candidate blocks are split the same way.
+    The stem is left out, as the feature-KD papers do: a single conv cannot reproduce a deep feature.
+    With at least ``k`` stage ends, the last ``k`` are used. Models whose ``feature_info`` entries all
+    share one reduction (a ViT lists every block) have no stage structure, and models with fewer than
+    ``k`` stage ends (a 3-stage CIFAR ResNet with ``k = 4``) use ``k`` evenly spaced blocks instead,
+    ending at the last one.
     """
-    layers = layers if layers is not None else candidate_layers(model, input_shape)
-    ends = sorted((layer for layer in layers if layer.stage_end is not None), key=lambda x: x.stage_end)
-    if not ends:
-        ends = [layer for layer in layers if layer.kind in ("block", "unit")]
-        uniform = True
-    else:
-        uniform = len({layer.reduction for layer in ends}) == 1 and len(ends) > 1
     if k < 1:
         raise UserError(f"The number of layer pairs must be at least 1, got {k}.")
-    if len(ends) < k:
-        names = ", ".join(layer.name for layer in ends) or "none"
+    layers = layers if layers is not None else candidate_layers(model, input_shape)
+    ends = sorted(
+        (layer for layer in layers if layer.stage_end is not None and layer.kind != "stem"),
+        key=lambda x: x.stage_end,
+    )
+    uniform = len({layer.reduction for layer in ends}) == 1 and len(ends) > 1
+    if ends and not uniform and len(ends) >= k:
+        return [layer.name for layer in ends[-k:]]
+    blocks = ends if uniform else [layer for layer in layers if layer.kind in ("block", "unit")]
+    if len(blocks) < k:
+        names = ", ".join(layer.name for layer in blocks) or "none"
         raise UserError(
-            f"The {type(model).__name__} model has only {len(ends)} stage ends ({names}); use at most "
-            f"{len(ends)} layer pairs or name the layers with --align manual."
+            f"The {type(model).__name__} model has only {len(blocks)} candidate layers past its stem "
+            f"({names}); use at most {len(blocks)} layer pairs or name the layers with --align manual."
         )
-    if uniform:
-        picks = [math.ceil((i + 1) * len(ends) / k) - 1 for i in range(k)]
-        return [ends[i].name for i in picks]
-    return [layer.name for layer in ends[-k:]]
+    return _spread(blocks, k)
 
 
 def middle_stage_layer(
