@@ -8,9 +8,11 @@ resume falls back to it if the process died exactly then.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,12 +23,54 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from kdcompress.errors import UserError
+
 STUDENT_FILE = "student.safetensors"  # the trained model in a run folder
 EXPORT_WEIGHTS = "model.safetensors"  # the trained model in an export folder (timm's local-dir name)
 WEIGHT_FILES = (STUDENT_FILE, EXPORT_WEIGHTS)
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.pt"
 LAST_DIR = "last"
+
+
+#: Test hook: SIGKILL this process inside its N-th atomic write (after the temporary file is complete,
+#: before it is renamed), the worst moment to die. Fault-injection tests use it to kill a run at chosen
+#: points instead of by timing luck; it does nothing unless set.
+KILL_AT_WRITE_ENV = "KDCOMPRESS_KILL_AT_WRITE"
+_writes_done = 0
+
+
+def _fault_point() -> None:
+    global _writes_done
+    target = os.environ.get(KILL_AT_WRITE_ENV)
+    if target:
+        _writes_done += 1
+        if _writes_done == int(target):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _as_user_error(exc: BaseException, path: Path) -> UserError | None:
+    """The one-sentence form of a write failure the user can fix (full disk, read-only, no permission)."""
+    code = getattr(exc, "errno", None)
+    text = str(exc)
+    if code == errno.ENOSPC or "No space left" in text:
+        return UserError(
+            f"The disk is full: writing '{path}' failed; free some space (the previous checkpoint is kept) "
+            "and continue with --resume."
+        )
+    if code == errno.EROFS or "Read-only file system" in text:
+        return UserError(f"Cannot write '{path}': the file system is read-only; choose another --out.")
+    if code in (errno.EACCES, errno.EPERM) or "Permission denied" in text:
+        return UserError(f"Cannot write '{path}': permission denied; choose a folder you can write to.")
+    return None
+
+
+def make_folder(path: Path) -> None:
+    """``mkdir -p`` with the write failures a user can fix as one sentence."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise (_as_user_error(exc, path) or exc) from None
 
 
 def _default_mode() -> int:
@@ -42,15 +86,22 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     The one temp-file-then-rename in the project: every file a user keeps (checkpoints, exports, JSON,
     plots) goes through it, so a crash or a full disk never leaves a half-written file under its name.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    make_folder(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise (_as_user_error(exc, path) or exc) from None
     os.close(fd)
     try:
         write(Path(tmp))
         os.chmod(tmp, _default_mode())
+        _fault_point()
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        error = _as_user_error(exc, path)
+        if error is not None:
+            raise error from None
         raise
 
 
@@ -92,8 +143,26 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     if path.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
+    _fault_point()
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_leftovers(run_dir: Path) -> int:
+    """Delete what killed writes left behind (hidden ``.<name>.XXXX`` files and folders, a stale
+    ``last.old`` next to a complete ``last/``); returns the bytes freed. Safe: only rank 0 writes."""
+    freed = 0
+    for item in run_dir.iterdir() if run_dir.is_dir() else []:
+        stale_old = item.name == LAST_DIR + ".old" and last_dir(run_dir) == run_dir / LAST_DIR
+        if not (item.name.startswith(".") and item.name.count(".") >= 2) and not stale_old:
+            continue
+        if item.is_dir():
+            freed += sum(f.stat().st_size for f in item.rglob("*") if f.is_file())
+            shutil.rmtree(item, ignore_errors=True)
+        else:
+            freed += item.stat().st_size
+            item.unlink(missing_ok=True)
+    return freed
 
 
 def last_dir(run_dir: Path) -> Path | None:

@@ -105,7 +105,7 @@ def test_ddp_distill_over_two_gloo_processes_matches_one_process_and_resumes(tmp
 
     run([sys.executable], "one", "--epochs", "2")
     run(launcher, "two", "--epochs", "1")
-    run(launcher, "two", "--epochs", "2", "--resume")
+    run(launcher, "two", "--epochs", "2", "--resume", "--extend")
     one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=2e-5)

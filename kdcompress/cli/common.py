@@ -29,8 +29,9 @@ def guarded(command: F) -> F:
         except UserError as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
-        except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/].")
+        except KeyboardInterrupt as exc:
+            # A run says what it kept (RunInterrupted); anything else was simply stopped.
+            err_console.print(f"[yellow]{exc or 'interrupted.'}[/]", highlight=False, soft_wrap=True)
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
@@ -87,7 +88,19 @@ LrOpt = Annotated[float | None, typer.Option("--lr", help="Base learning rate.")
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (data order, init, augmentation).")]
 ResumeOpt = Annotated[
-    bool, typer.Option("--resume", help="Continue the run in --out from its last completed epoch.")
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue the run in --out from its last completed epoch, with its recorded recipe (only "
+        "runtime settings such as --device may change).",
+    ),
+]
+ExtendOpt = Annotated[
+    bool,
+    typer.Option(
+        "--extend",
+        help="With --resume and a larger --epochs: train longer (the LR schedule is rebuilt for it).",
+    ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or per-epoch lines.")]
 

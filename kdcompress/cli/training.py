@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,6 +14,7 @@ from kdcompress.cli.common import (
     DataOpt,
     DeviceOpt,
     EpochsOpt,
+    ExtendOpt,
     InitOpt,
     LrOpt,
     OutOpt,
@@ -32,6 +35,17 @@ from kdcompress.recipe import build_recipe, merge
 from kdcompress.recipe_catalog import resolve_recipe_path
 
 
+def _stop_on_sigterm() -> None:
+    """Schedulers (Slurm, Kubernetes, torchrun) stop jobs with SIGTERM: treat it like Ctrl-C, so the run
+    ends between two steps with its last checkpoint intact and says how to resume."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def _run(
     recipe_file: str | Path | None,
     flags: dict[str, Any],
@@ -39,17 +53,21 @@ def _run(
     out: Path | None,
     resume: bool,
     quiet: bool,
+    extend: bool = False,
 ) -> None:
     from kdcompress.train import engine
 
     if out is None:
         raise UserError("Say where the run goes with --out DIR.")
+    if extend and not resume:
+        raise UserError("--extend lengthens a recorded run; use it with --resume.")
     if recipe_file is not None:
         recipe_file = resolve_recipe_path(recipe_file)
     elif resume and (out / "recipe.yaml").is_file():
-        recipe_file = out / "recipe.yaml"  # a resumed run keeps its recipe; flags and --set still apply
+        recipe_file = out / "recipe.yaml"  # the recorded recipe; flags may change only runtime fields
     recipe = build_recipe(recipe_file, flags, overrides)
-    result = engine.run(recipe, out, resume=resume, console=err_console, quiet=quiet)
+    _stop_on_sigterm()
+    result = engine.run(recipe, out, resume=resume, console=err_console, quiet=quiet, extend=extend)
     teacher = f"  teacher {result.teacher_top1:.2f}%" if result.teacher_top1 is not None else ""
     best = f"best val top-1 {result.best_top1:.2f}% (epoch {result.best_epoch})"
     console.print(f"[bold green]done[/]: {best}{teacher}  -> {out}")
@@ -77,6 +95,7 @@ def register(app: typer.Typer) -> None:
         recipe: RecipeOpt = None,
         set_: SetOpt = None,
         resume: ResumeOpt = False,
+        extend: ExtendOpt = False,
         quiet: QuietOpt = False,
     ) -> None:
         """Train a model with plain cross-entropy: a teacher, or a from-scratch student baseline."""
@@ -84,7 +103,7 @@ def register(app: typer.Typer) -> None:
             training_flags(data, epochs, batch_size, lr, device, seed),
             {"student": {"arch": model, "init": init}, "method": {"name": "ce"}},
         )
-        _run(recipe, flags, set_, out, resume, quiet)
+        _run(recipe, flags, set_, out, resume, quiet, extend)
 
     @app.command()
     @guarded
@@ -123,6 +142,7 @@ def register(app: typer.Typer) -> None:
         recipe: RecipeOpt = None,
         set_: SetOpt = None,
         resume: ResumeOpt = False,
+        extend: ExtendOpt = False,
         quiet: QuietOpt = False,
     ) -> None:
         """Distill a student from a pretrained teacher with the chosen method."""
@@ -134,4 +154,4 @@ def register(app: typer.Typer) -> None:
                 "method": {"name": method, "align": align},
             },
         )
-        _run(recipe, flags, set_, out, resume, quiet)
+        _run(recipe, flags, set_, out, resume, quiet, extend)

@@ -39,7 +39,8 @@ from kdcompress.models.factory import architecture_of, build_from_spec, path_or_
 from kdcompress.recipe import Recipe, validate_recipe
 from kdcompress.runtime import Runtime, all_reduce_sum, setup_runtime
 from kdcompress.train.report import write_report
-from kdcompress.train.result import RunResult
+from kdcompress.train.result import RunInterrupted, RunResult
+from kdcompress.train.resume import RECIPE_FILE, plan_resume
 from kdcompress.train.schedule import build_optimizer, build_scheduler
 from kdcompress.train.teacher_cache import TeacherCache
 
@@ -182,6 +183,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=self.precision == "fp16")
         self.teacher_cache = self._build_teacher_cache()
         self.history: list[dict[str, Any]] = []
+        self.notes: list[str] = []
         self.start_epoch = 1
         self.best_top1 = -1.0
         self.best_epoch = 0
@@ -209,8 +211,6 @@ class Trainer:
     # ---- resume -------------------------------------------------------------------------------------
     def load_resume_state(self) -> None:
         source = checkpoint.last_dir(self.run_dir)
-        if source is None:
-            raise UserError(f"There is nothing to resume in '{self.run_dir}' (no complete last/ checkpoint).")
         state = torch.load(
             source / checkpoint.STATE_FILE, map_location=self.runtime.device, weights_only=False
         )
@@ -218,8 +218,8 @@ class Trainer:
         self.method.load_state_dict(state["method_extra"], strict=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        # A resumed run may change train.epochs; the stored LR belongs to the old schedule, so set the
-        # LR the (possibly new) schedule gives at this step before the first update.
+        # An extended run has a longer schedule; the stored LR belongs to the old one, so set the LR
+        # the new schedule gives at this step before the first update.
         for group, base_lr, factor in zip(
             self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas, strict=True
         ):
@@ -229,6 +229,7 @@ class Trainer:
         self.best_top1, self.best_epoch = state["best_top1"], state["best_epoch"]
         self.teacher_top1 = state["teacher_top1"]
         self.history = state["history"]
+        self.notes = list(state.get("notes", []))
         if self.runtime.is_main:
             self._write_metrics_file()
 
@@ -299,7 +300,11 @@ class Trainer:
         return row
 
     # ---- the run ------------------------------------------------------------------------------------
-    def fit(self, resume: bool = False) -> RunResult:
+    def fit(self, resume: bool = False, extended_from: int | None = None) -> RunResult:
+        """Train the remaining epochs (all of them, or those after the last checkpoint with ``resume``).
+
+        ``extended_from``: the epoch count the run was recorded with, when a resume extends it; the
+        rewritten ``recipe.yaml`` and a note in the report say so."""
         runtime = self.runtime
         if resume:
             self.load_resume_state()
@@ -307,10 +312,18 @@ class Trainer:
             self.teacher_top1 = evaluate(self.prepared.teacher, self.val_loader, runtime, self.precision)[
                 "top1"
             ]
-        if runtime.is_main and not resume:
-            checkpoint.write_text(self.run_dir / "recipe.yaml", self.recipe.to_yaml())
-            checkpoint.write_text(self.run_dir / "metrics.jsonl", "")
         epochs = self.recipe.train.epochs
+        if extended_from is not None:
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.notes.append(
+                f"Extended from {extended_from} to {epochs} epochs after epoch {self.start_epoch - 1}: the "
+                f"{self.recipe.schedule.name} schedule was rebuilt for {epochs} epochs, so epoch "
+                f"{self.start_epoch} started at lr {lr:.3g}."
+            )
+        if runtime.is_main and (not resume or extended_from is not None):
+            checkpoint.write_text(self.run_dir / RECIPE_FILE, self.recipe.to_yaml())
+        if runtime.is_main and not resume:
+            checkpoint.write_text(self.run_dir / "metrics.jsonl", "")
         show_bar = runtime.is_main and not self.quiet and self.console.is_terminal
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, console=self.console, transient=True, disable=not show_bar) as bar:
@@ -341,6 +354,7 @@ class Trainer:
             count_parameters(self.prepared.student),
             count_parameters(self.prepared.teacher) if self.prepared.teacher is not None else None,
             self.history,
+            list(self.notes),
         )
 
     def _save_epoch(self, epoch: int, improved: bool) -> None:
@@ -364,6 +378,7 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "teacher_top1": self.teacher_top1,
             "history": self.history,
+            "notes": self.notes,
         }
         with checkpoint.atomic_dir(self.run_dir / checkpoint.LAST_DIR) as folder:
             checkpoint.save_model_folder(folder, self.prepared.student, config)
@@ -381,35 +396,63 @@ class Trainer:
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """Refuse to mix a new run into an existing one; refuse to resume what is not there."""
+    """Refuse to mix a new run into an existing one; refuse to resume what is not a run."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out '{run_dir}' is a file, not a folder; pass a new folder for the run.")
     if resume:
-        if checkpoint.last_dir(run_dir) is None:
-            raise UserError(f"There is nothing to resume in '{run_dir}' (no complete last/ checkpoint).")
+        if not (run_dir / RECIPE_FILE).is_file():
+            raise UserError(
+                f"There is nothing to resume in '{run_dir}' (no recipe.yaml: it holds no kdcompress run)."
+            )
     elif run_dir.exists() and any(run_dir.iterdir()):
+        started = (run_dir / RECIPE_FILE).is_file() and checkpoint.last_dir(run_dir) is None
+        hint = " (it has no completed epoch, so --resume starts it over)" if started else ""
         raise UserError(
-            f"Run folder '{run_dir}' already holds a run; pass --resume to continue it or a new --out."
+            f"Run folder '{run_dir}' already holds a run; pass --resume to continue it{hint} or a new --out."
         )
 
 
 def run(
-    recipe: Recipe, run_dir: Path, resume: bool = False, console: Console | None = None, quiet: bool = False
+    recipe: Recipe,
+    run_dir: Path,
+    resume: bool = False,
+    console: Console | None = None,
+    quiet: bool = False,
+    extend: bool = False,
 ) -> RunResult:
-    """Train ``recipe`` into ``run_dir`` (the library entry point behind ``train`` and ``distill``)."""
+    """Train ``recipe`` into ``run_dir`` (the library entry point behind ``train`` and ``distill``).
+
+    With ``resume`` the run folder's recorded recipe is what trains (:mod:`kdcompress.train.resume`
+    says what a request may change; ``extend`` allows more epochs). A Ctrl-C or SIGTERM becomes a
+    :class:`RunInterrupted` that says what was kept.
+    """
     console = console or Console(stderr=True)
     runtime = setup_runtime(recipe.train.device)
     if runtime.is_main:
         check_run_dir(run_dir, resume)
+    extended_from = None
+    if resume:
+        plan = plan_resume(run_dir, recipe, extend)
+        recipe, extended_from = plan.recipe, plan.extended_from
+        if runtime.is_main:
+            checkpoint.remove_leftovers(run_dir)
     prepared = prepare(recipe)
     created = not run_dir.exists()
+    has_checkpoint = resume and checkpoint.last_dir(run_dir) is not None
+    trainer = None
     try:
         trainer = Trainer(prepared, run_dir, runtime, console, quiet)
         if runtime.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        result = trainer.fit(resume)
-    except BaseException:
+            checkpoint.make_folder(run_dir)
+        result = trainer.fit(has_checkpoint, extended_from)
+    except BaseException as exc:
+        kept = checkpoint.last_dir(run_dir) is not None
         # A run that failed before its first checkpoint leaves no folder behind.
-        if created and runtime.is_main and checkpoint.last_dir(run_dir) is None:
+        if created and runtime.is_main and not kept:
             shutil.rmtree(run_dir, ignore_errors=True)
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, RunInterrupted):
+            done = len(trainer.history) if trainer is not None else 0
+            raise RunInterrupted(run_dir, done, recipe.train.epochs, kept) from None
         raise
     if runtime.is_main:
         write_report(result, prepared.recipe, prepared.method.extra_state_for_report())
