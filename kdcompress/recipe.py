@@ -64,7 +64,14 @@ class DataSpec(_Section):
     crop_pct: float | None = Field(
         default=None, gt=0, le=1, description="eval centre crop of image folders; default 0.875"
     )
-    num_workers: int = Field(default=4, ge=0, description="decoder processes for imagefolder")
+    num_workers: int = Field(
+        default=4, ge=0, description="decoder processes for imagefolder (at most the usable CPU cores)"
+    )
+    on_bad_image: Literal["skip", "error"] = Field(
+        default="skip",
+        description="imagefolder files that fail to decode: skip (another image of the class stands in, "
+        "with one warning) or error (stop, naming the file)",
+    )
 
     @field_validator("channels")
     @classmethod

@@ -126,6 +126,7 @@ def load_data(spec: DataSpec) -> DataBundle:
     decoding = FileDecoding(
         crop_pct=spec.crop_pct if spec.crop_pct is not None else (0.875 if files else 1.0),
         resized_crop=ResizedCrop(spec.resized_crop_scale, spec.resized_crop_ratio) if resized else None,
+        on_bad_image=spec.on_bad_image,
     )
     padding = spec.crop_padding if spec.crop_padding is not None else max(1, dataset.native_size // 8)
     crop = augment in ("crop", "crop_flip")

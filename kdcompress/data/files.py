@@ -11,14 +11,18 @@ under its own preprocessing:
 The random crop of sample ``i`` in an epoch is drawn from a generator seeded by (epoch seed, ``i``), not
 by worker, so a run is reproducible whatever ``num_workers`` is, and a resumed run decodes exactly the
 crops the uninterrupted run would have. Flips stay on the device (the shared ``DeviceTransform``).
+
+Damaged files (truncated, or not images at all) only show when their pixels are loaded, so they are
+handled here, at decode time, and reported to the loader instead of raised (see ``FileImages``).
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -60,10 +64,12 @@ class ResizedCrop:
 
 @dataclass(frozen=True)
 class FileDecoding:
-    """How a loader turns files into tensors: the eval centre-crop fraction and the train-time crop."""
+    """How a loader turns files into tensors: the eval centre-crop fraction, the train-time crop, and
+    what a file that fails to decode does (``data.on_bad_image``)."""
 
     crop_pct: float = 1.0
     resized_crop: ResizedCrop | None = None
+    on_bad_image: Literal["skip", "error"] = "skip"
 
 
 class FileImages(torch.utils.data.Dataset):
@@ -79,10 +85,41 @@ class FileImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
+        """Sample ``i``'s pixels, the index of the file they were decoded from (-1: none), and why sample
+        ``i``'s own file failed ("" when it did not).
+
+        A failure is returned, not raised: raised in a DataLoader worker it would reach the user as a
+        worker traceback, while the loader, in the main process, turns it into one warning or one
+        UserError. With ``on_bad_image=skip`` the next file of the same class in the split (wrapping
+        around) stands in, decoded with sample ``i``'s own crop. That replacement keeps the label true (a
+        real image of the class, not a blank one that teaches the class looks black), keeps batch shapes
+        and sample indices, and depends only on the file list and ``i``: runs stay reproducible whatever
+        the worker count, and (sample, view) still names one input for the teacher cache.
+        """
         from PIL import Image
 
-        with Image.open(self.split.paths[i]) as img:
+        reason = ""
+        for source in self._candidates(i):
+            try:
+                return self._decode(source, i), source, reason
+            except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+                reason = reason or _describe(exc)
+        return torch.zeros(3, self.size, self.size, dtype=torch.uint8), -1, reason
+
+    def _candidates(self, i: int) -> Iterator[int]:
+        """File ``i``, then (``skip`` only) the other files of its class, from the next one on."""
+        yield i
+        if self.decoding.on_bad_image == "skip":
+            same = torch.nonzero(self.split.labels == self.split.labels[i]).flatten().tolist()
+            k = same.index(i)
+            yield from same[k + 1 :] + same[:k]
+
+    def _decode(self, source: int, i: int) -> torch.Tensor:
+        """File ``source`` as sample ``i`` (whose seed draws the crop): ``[3, size, size]`` uint8."""
+        from PIL import Image
+
+        with Image.open(self.split.paths[source]) as img:
             img = img.convert("RGB")
             crop = self.decoding.resized_crop
             if crop is not None and self.epoch_seed is not None:
@@ -91,7 +128,16 @@ class FileImages(torch.utils.data.Dataset):
             else:
                 out = centre_crop(img, self.size, self.decoding.crop_pct)
             pixels = torch.frombuffer(bytearray(out.tobytes()), dtype=torch.uint8)
-        return pixels.view(self.size, self.size, 3).permute(2, 0, 1).contiguous(), int(self.split.labels[i])
+        return pixels.view(self.size, self.size, 3).permute(2, 0, 1).contiguous()
+
+
+def _describe(exc: Exception) -> str:
+    """Why a file did not decode, in words (PIL's own message repeats the path for non-images)."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image file PIL can read"
+    return str(exc) or type(exc).__name__
 
 
 def centre_crop(img: PILImage, size: int, crop_pct: float) -> PILImage:

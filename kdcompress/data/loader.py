@@ -5,7 +5,8 @@ every batch is gathered, cropped, flipped, resized and normalised there: no Data
 processes, no host round trip per step. Image folders are decoded by DataLoader workers into uint8
 tensors of a fixed size (``files.py``: centre crop, or the ImageNet random resized crop), copied with
 pinned memory, and then go through the same device transform, so flips and normalisation have one code
-path.
+path. A file that fails to decode is replaced or raised as the recipe says (``data.on_bad_image``), and
+reported here, in the main process, with one warning per pass that finds new ones.
 
 Augmentation parameters are drawn explicitly per sample (crop offset, flip), from a generator seeded by
 (seed, epoch). Two consequences users rely on: a resumed run sees exactly the batches the uninterrupted
@@ -16,6 +17,8 @@ makes teacher-output caching correct.
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -23,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from kdcompress.data.files import FileDecoding, FileImages
-from kdcompress.data.sources import Dataset, Split, TensorSplit
+from kdcompress.data.sources import Dataset, FileSplit, Split, TensorSplit
+from kdcompress.errors import UserError
 
 _GREY_WEIGHTS = (0.299, 0.587, 0.114)
 
@@ -126,6 +130,15 @@ class DeviceTransform:
         return x.contiguous()
 
 
+def usable_cpus() -> int:
+    """CPU cores this process may run on: its affinity mask where the OS has one (containers, taskset,
+    batch schedulers), else the machine's count. torch measures the same way when it warns that a
+    DataLoader has more workers than cores; more workers than that only compete for the same cores."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The one seed of (run seed, epoch): data order, augmentation views and the engine's torch RNG.
 
@@ -159,7 +172,7 @@ class Loader:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
-        self.num_workers = num_workers
+        self.num_workers = min(num_workers, usable_cpus())
         self.decoding = decoding or FileDecoding()
         self.labels = split.labels.to(device)
         self.images = split.images.to(device) if isinstance(split, TensorSplit) else None
@@ -208,7 +221,8 @@ class Loader:
         self, epoch: int, order: torch.Tensor, views: torch.Tensor | None, steps: int, identity: int
     ) -> Iterator[Batch]:
         seed = epoch_seed(self.seed, epoch) if self.train else None
-        dataset = FileImages(self.split, self.transform.fmt.size, self.decoding, seed)  # type: ignore[arg-type]
+        split: FileSplit = self.split  # type: ignore[assignment]
+        dataset = FileImages(split, self.transform.fmt.size, self.decoding, seed)
         subset = torch.utils.data.Subset(dataset, order[: steps * self.batch_size].tolist())
         loader = torch.utils.data.DataLoader(
             subset,
@@ -217,13 +231,55 @@ class Loader:
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
         )
-        for step, (images, _) in enumerate(loader):
-            window = slice(step * self.batch_size, step * self.batch_size + images.shape[0])
-            index = order[window]
-            view = views[window] if views is not None else None
-            images = images.to(self.device, non_blocking=True)
-            view_dev = view.to(self.device, non_blocking=True) if view is not None else None
-            index_dev = index.to(self.device, non_blocking=True)
-            normalised = self.transform(images, view_dev)
-            view_ids = view_dev if view_dev is not None else torch.full_like(index_dev, identity)
-            yield Batch(normalised, self.labels[index_dev], index_dev, view_ids)
+        replaced: list[int] = []
+        try:
+            for step, (images, sources, reasons) in enumerate(loader):
+                window = slice(step * self.batch_size, step * self.batch_size + images.shape[0])
+                index = order[window]
+                replaced += self._undecoded(split, index, sources, reasons)
+                view = views[window] if views is not None else None
+                images = images.to(self.device, non_blocking=True)
+                view_dev = view.to(self.device, non_blocking=True) if view is not None else None
+                index_dev = index.to(self.device, non_blocking=True)
+                normalised = self.transform(images, view_dev)
+                view_ids = view_dev if view_dev is not None else torch.full_like(index_dev, identity)
+                yield Batch(normalised, self.labels[index_dev], index_dev, view_ids)
+        finally:  # also when the consumer stops early (one example batch) or a later step fails
+            _warn_replaced(split, replaced)
+
+    def _undecoded(
+        self, split: FileSplit, index: torch.Tensor, sources: torch.Tensor, reasons: list[str]
+    ) -> list[int]:
+        """Samples of a batch whose file did not decode and that no warning has named yet; raises when
+        nothing stood in for one (``on_bad_image=error``, or no file of its class decodes)."""
+        new = []
+        for k in torch.nonzero(sources != index).flatten().tolist():
+            i = int(index[k])
+            if int(sources[k]) < 0:
+                if self.decoding.on_bad_image == "error":
+                    raise UserError(
+                        f"'{split.paths[i]}' cannot be decoded ({reasons[k]}); fix or remove it, or set "
+                        "data.on_bad_image=skip to let another image of its class stand in."
+                    )
+                raise UserError(
+                    f"'{split.paths[i]}' cannot be decoded ({reasons[k]}) and no other image of its class "
+                    "decodes to stand in for it; fix or remove the broken files."
+                )
+            if i not in split.reported:
+                split.reported.add(i)
+                new.append(i)
+        return new
+
+
+def _warn_replaced(split: FileSplit, replaced: list[int], named: int = 3) -> None:
+    """One warning for the files of a pass that did not decode: how many, and the first ``named``."""
+    if not replaced:
+        return
+    names = ", ".join(f"'{split.paths[i]}'" for i in sorted(replaced)[:named])
+    more = f" and {len(replaced) - named} more" if len(replaced) > named else ""
+    files = "1 image file" if len(replaced) == 1 else f"{len(replaced)} image files"
+    warnings.warn(
+        f"{files} could not be decoded, so another image of the same class stands in for each: "
+        f"{names}{more} (set data.on_bad_image=error to stop on them instead).",
+        stacklevel=2,
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,9 @@ class FileSplit:
 
     paths: list[Path]
     labels: torch.Tensor
+    # Files a warning has named as undecodable: each is named once, however many loaders and epochs
+    # meet it (the loader fills this in; damage inside a file only shows when it is decoded).
+    reported: set[int] = field(default_factory=set, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -157,38 +161,97 @@ def _fashion_mnist(arg: str | None) -> Dataset:
     )
 
 
+_CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+_CIFAR_FILES = {  # (train files, validation files)
+    "cifar10": ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]),
+    "cifar100": (["train"], ["test"]),
+}
+
+
 def _cifar(arg: str | None, fine: bool) -> Dataset:
-    name = "cifar100" if fine else "cifar10"
+    name, other = ("cifar100", "cifar10") if fine else ("cifar10", "cifar100")
     if not arg:
         raise UserError(f"Data source '{name}' needs its folder: use {name}:DIR (the python-pickle version).")
     root = Path(arg)
-    folder_name = "cifar-100-python" if fine else "cifar-10-batches-py"
+    folder_name, other_folder = _CIFAR_FOLDERS[name], _CIFAR_FOLDERS[other]
     if not root.is_dir():
         raise UserError(f"{name} folder '{root}' does not exist; pass the '{folder_name}' folder.")
     if (root / folder_name).is_dir():
         root = root / folder_name
-    label_key = b"fine_labels" if fine else b"labels"
+    first = _CIFAR_FILES[name][0][0]
+    if not (root / first).is_file() and (
+        (root / other_folder).is_dir() or (root / _CIFAR_FILES[other][0][0]).is_file()
+    ):
+        raise UserError(f"'{root}' holds {other}, not {name}; use the data source {other}:{arg}.")
+    classes = 100 if fine else 10
+    label_key, other_key = ("fine_labels", "labels") if fine else ("labels", "fine_labels")
 
-    def load(files: list[str]) -> TensorSplit:
-        images, labels = [], []
-        for file in files:
-            path = root / file
-            if not path.is_file():
-                raise UserError(f"{name} file '{path}' is missing; pass the '{folder_name}' folder.")
+    def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """One batch file as uint8 images [N, 3, 32, 32] and int64 labels.
+
+        The original pickles (Python 2) have bytes keys; copies re-written by Python 3 have str keys:
+        both are read.
+        """
+        if not path.is_file():
+            raise UserError(f"{name} file '{path}' is missing; pass the '{folder_name}' folder.")
+        if path.stat().st_size == 0:
+            raise UserError(f"{name} file '{path}' is empty; download the '{folder_name}' folder again.")
+        try:
             with path.open("rb") as handle:
                 batch = pickle.load(handle, encoding="bytes")
-            images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.append(np.asarray(batch[label_key], dtype=np.int64))
+        except Exception as exc:  # a truncated or foreign file can make the unpickler raise almost anything
+            raise UserError(
+                f"{name} file '{path}' is damaged or not a pickle ({type(exc).__name__}: {exc}); "
+                f"download the '{folder_name}' folder again."
+            ) from None
+        if not isinstance(batch, dict):
+            raise UserError(f"{name} file '{path}' is not a CIFAR batch; pass the '{folder_name}' folder.")
+        entries = {key.decode("latin-1") if isinstance(key, bytes) else key: v for key, v in batch.items()}
+        if label_key not in entries and other_key in entries:
+            raise UserError(
+                f"{name} file '{path}' holds {other} labels ('{other_key}', not '{label_key}'); "
+                f"pass the '{folder_name}' folder."
+            )
+        if "data" not in entries or label_key not in entries:
+            raise UserError(
+                f"{name} file '{path}' lacks the 'data' or '{label_key}' entry; "
+                f"pass the '{folder_name}' folder."
+            )
+        images, labels = np.asarray(entries["data"]), np.asarray(entries[label_key])
+        if images.dtype != np.uint8 or images.shape[1:] != (3072,) or labels.shape != (len(images),):
+            raise UserError(
+                f"{name} file '{path}' does not hold 3072-byte images with one label each; "
+                f"download the '{folder_name}' folder again."
+            )
+        if len(labels) and not 0 <= labels.min() <= labels.max() < classes:
+            raise UserError(
+                f"{name} file '{path}' has labels outside 0..{classes - 1}; pass the '{folder_name}' folder."
+            )
+        return images.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+
+    def load(files: list[str]) -> TensorSplit:
+        images, labels = zip(*(read_batch(root / file) for file in files), strict=True)
         return TensorSplit(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)))
 
+    train_files, val_files = _CIFAR_FILES[name]
     if fine:
-        train, val = load(["train"]), load(["test"])
-        mean, std, classes = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), 100
+        mean, std = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
     else:
-        train = load([f"data_batch_{i}" for i in range(1, 6)])
-        val = load(["test_batch"])
-        mean, std, classes = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 10
-    return Dataset(name, classes, 3, 32, mean, std, train, val)
+        mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    return Dataset(name, classes, 3, 32, mean, std, load(train_files), load(val_files))
+
+
+def _visible_children(folder: Path) -> list[Path]:
+    """A folder's entries without dot-files: those are never data a user put there (macOS writes a
+    ``._name.jpg`` resource fork beside every file it copies to a foreign disk, which PIL cannot read;
+    ``.ipynb_checkpoints`` and ``.DS_Store`` are tools' bookkeeping)."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """A class folder's images, by file name only (opening 1.28M ImageNet files to check their headers
+    would add a minute to every start; damaged files are handled when decoded, see ``FileImages``)."""
+    return [p for p in _visible_children(folder) if p.suffix.lower() in IMAGE_SUFFIXES]
 
 
 def _imagefolder(arg: str | None) -> Dataset:
@@ -202,22 +265,41 @@ def _imagefolder(arg: str | None) -> Dataset:
             raise UserError(
                 f"Image folder '{root}' has no '{part}/' subfolder; lay it out as DIR/{part}/<class>/."
             )
-    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    train = {cls.name: _image_files(cls) for cls in _visible_children(root / "train") if cls.is_dir()}
+    classes = [name for name, files in train.items() if files]
     if not classes:
-        raise UserError(f"'{root / 'train'}' has no class subfolders; put images in train/<class>/.")
+        raise UserError(
+            f"'{root / 'train'}' has no class subfolders with images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+            "put images in train/<class>/."
+        )
+    empty = [name for name, files in train.items() if not files]
+    if empty:
+        # A class with no training images would be a class the model never learns to predict.
+        warnings.warn(
+            f"Class folder(s) {', '.join(empty)} in '{root / 'train'}' hold no images and are left out of "
+            f"the class list ({len(classes)} classes remain).",
+            stacklevel=2,
+        )
     index = {name: i for i, name in enumerate(classes)}
+    val: dict[str, list[Path]] = {}
+    for cls in _visible_children(root / "val"):
+        files = _image_files(cls) if cls.is_dir() else []
+        if not files:
+            continue  # an empty validation class asks nothing of the model
+        if cls.name in train and cls.name not in index:
+            raise UserError(
+                f"'{cls}' holds images but '{root / 'train' / cls.name}' holds none, so the model cannot "
+                "learn that class; add training images or remove the class from val/."
+            )
+        if cls.name not in index:
+            raise UserError(f"'{cls}' is a class that train/ does not have; use the same class folders.")
+        val[cls.name] = files
+    if not val:
+        raise UserError(f"'{root / 'val'}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
 
-    def listing(part: str) -> FileSplit:
-        paths, labels = [], []
-        for cls in sorted(p for p in (root / part).iterdir() if p.is_dir()):
-            if cls.name not in index:
-                raise UserError(f"'{cls}' is a class that train/ does not have; use the same class folders.")
-            for file in sorted(cls.iterdir()):
-                if file.suffix.lower() in IMAGE_SUFFIXES:
-                    paths.append(file)
-                    labels.append(index[cls.name])
-        if not paths:
-            raise UserError(f"'{root / part}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+    def listing(files_by_class: dict[str, list[Path]]) -> FileSplit:
+        paths = [file for files in files_by_class.values() for file in files]
+        labels = [index[name] for name, files in files_by_class.items() for _ in files]
         return FileSplit(paths, torch.tensor(labels, dtype=torch.int64))
 
     return Dataset(
@@ -227,8 +309,8 @@ def _imagefolder(arg: str | None) -> Dataset:
         native_size=224,
         mean=(0.485, 0.456, 0.406),
         std=(0.229, 0.224, 0.225),
-        train=listing("train"),
-        val=listing("val"),
+        train=listing({name: train[name] for name in classes}),
+        val=listing(val),
         class_names=classes,
     )
 
