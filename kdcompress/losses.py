@@ -1,8 +1,14 @@
 """Logit-distillation losses: the single place where this math lives.
 
-Every public loss takes plain tensors and returns a float32 scalar tensor. Inputs of any floating dtype
-(fp32, bf16, fp16, fp64) are cast to float32 before any arithmetic, so the result does not depend on
-autocast. Nothing here keeps state, and nothing syncs with the host.
+Every public loss takes plain tensors and returns a scalar tensor. Before any arithmetic the inputs are
+cast to the widest of float32 and the inputs' dtypes, and the result has that dtype:
+
+- fp16, bf16 and fp32 inputs are computed in float32, so the result (and the sum of terms the training
+  engine forms) is float32 and does not depend on autocast;
+- fp64 inputs are computed in float64, so the losses can be compared with float64 references at
+  float64 precision and checked with ``torch.autograd.gradcheck``.
+
+Nothing here keeps state, and nothing syncs with the host.
 
 Each loss is written once as a private per-sample helper returning a ``[B]`` tensor (``_kd_per_sample``,
 ``_dkd_per_sample``, ``_nkd_per_sample``); the public batch losses are the mean of those, and
@@ -18,17 +24,36 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Sequence
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["SDD_BASES", "SDD_RULES", "dkd", "kd", "local_logits", "luminet", "nkd", "sdd"]
+__all__ = [
+    "LOCAL_POOLINGS",
+    "PYRAMID_GRID",
+    "SDD_BASES",
+    "SDD_RULES",
+    "LocalPooling",
+    "dkd",
+    "kd",
+    "local_logits",
+    "luminet",
+    "nkd",
+    "sdd",
+]
 
 #: Base losses :func:`sdd` can apply to each region.
 SDD_BASES: tuple[str, ...] = ("kd", "dkd", "nkd")
 #: Rules deciding which regions carry complementary knowledge in :func:`sdd`.
 SDD_RULES: tuple[str, ...] = ("code", "paper")
+#: How :func:`local_logits` pools the feature map into grids (see its docstring).
+LocalPooling = Literal["pyramid", "direct"]
+LOCAL_POOLINGS: tuple[str, ...] = get_args(LocalPooling)
+#: The grid ``pooling="pyramid"`` pools the map to first. The SDD authors' ``SPP`` module
+#: (mdistiller/models/{cifar,imagenet}/utils.py) uses 4x4 whatever M, and takes the coarser grids from it.
+PYRAMID_GRID = 4
 
 # DKD's official code removes the target class from the non-target softmax by subtracting this
 # constant from the (temperature-scaled) target logit.
@@ -71,8 +96,15 @@ def _check_target(target: Tensor, batch: int, what: str, num_classes: int | None
         )
 
 
-def _f32(x: Tensor) -> Tensor:
-    return x.to(torch.float32)
+def _upcast(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
+    """Both tensors in the widest of float32 and their two dtypes (see the module docstring).
+
+    Half-precision logits are widened because softmaxes and KL sums in fp16/bf16 lose most of their
+    digits; float64 is kept because narrowing it would make float64 checks (gradcheck, references
+    computed in float64) meaningless.
+    """
+    dtype = torch.promote_types(torch.promote_types(student.dtype, teacher.dtype), torch.float32)
+    return student.to(dtype), teacher.to(dtype)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -100,7 +132,7 @@ def _non_target_columns(logits: Tensor, target: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------------
-# per-sample losses ([B] tensors, float32 inputs expected)
+# per-sample losses ([B] tensors; inputs already in the computation dtype, see _upcast)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -199,7 +231,7 @@ def kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0)
         temperature: ``T``.
     """
     _check_pair(student_logits, teacher_logits, 2, "kd")
-    return _kd_per_sample(_f32(student_logits), _f32(teacher_logits), temperature).mean()
+    return _kd_per_sample(*_upcast(student_logits, teacher_logits), temperature).mean()
 
 
 def dkd(
@@ -223,10 +255,8 @@ def dkd(
     """
     _check_pair(student_logits, teacher_logits, 2, "dkd")
     _check_target(target, student_logits.shape[0], "dkd", student_logits.shape[1])
-    per_sample = _dkd_per_sample(
-        _f32(student_logits), _f32(teacher_logits), target.long(), alpha, beta, temperature
-    )
-    return per_sample.mean()
+    zs, zt = _upcast(student_logits, teacher_logits)
+    return _dkd_per_sample(zs, zt, target.long(), alpha, beta, temperature).mean()
 
 
 def nkd(
@@ -249,9 +279,8 @@ def nkd(
     """
     _check_pair(student_logits, teacher_logits, 2, "nkd")
     _check_target(target, student_logits.shape[0], "nkd", student_logits.shape[1])
-    return _nkd_per_sample(
-        _f32(student_logits), _f32(teacher_logits), target.long(), gamma, temperature
-    ).mean()
+    zs, zt = _upcast(student_logits, teacher_logits)
+    return _nkd_per_sample(zs, zt, target.long(), gamma, temperature).mean()
 
 
 def luminet(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
@@ -263,8 +292,7 @@ def luminet(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
     """
     _check_pair(student_logits, teacher_logits, 2, "luminet")
     t = float(temperature)
-    zs = _standardize_over_batch(_f32(student_logits))
-    zt = _standardize_over_batch(_f32(teacher_logits))
+    zs, zt = (_standardize_over_batch(z) for z in _upcast(student_logits, teacher_logits))
     return _kl_per_sample(F.log_softmax(zt / t, dim=1), F.log_softmax(zs / t, dim=1)).mean()
 
 
@@ -277,21 +305,35 @@ def local_logits(
     feature_map: Tensor,
     classifier: Callable[[Tensor], Tensor],
     scales: Sequence[int] = (1, 2, 4),
+    pooling: LocalPooling = "pyramid",
 ) -> Tensor:
     """SDD's multi-scale local logits: ``[B, K, N]`` with ``N = sum(s * s for s in scales)``.
 
-    For each scale ``s`` (in the order given) the map is adaptive-average-pooled to ``s x s`` directly,
-    the cells are taken row-major, and ``classifier`` is applied to every pooled vector. With the
-    default scales the regions are ordered ``[1x1, 2x2 row-major, 4x4 row-major]`` and region 0 is the
-    global-average view for any map size (7x7, or smaller than 4x4). For maps whose sides divide by 4
-    this equals pooling to 4x4 first and then to 2x2 and 1x1 (the authors' code); for a linear
-    classifier it also equals pooling the per-location logit map.
+    For each scale ``s`` (in the order given) the map is average-pooled to an ``s x s`` grid, the cells
+    are taken row-major, and ``classifier`` is applied to every pooled vector. With the default scales
+    the regions are ordered ``[1x1, 2x2 row-major, 4x4 row-major]``.
+
+    ``pooling`` chooses how the grids are formed:
+
+    - ``"pyramid"`` (default, the SDD authors' ``SPP`` module, which their published numbers come
+      from): the map is adaptive-average-pooled to 4x4 first, and every grid is pooled from that 4x4
+      grid, also when 4 is not among the scales (M = {1, 2}). So every scale must divide 4.
+    - ``"direct"``: every grid is adaptive-average-pooled straight from the map; any positive scales.
+
+    The two agree exactly when each side of the map is 1, 2 or a multiple of 4 (CIFAR's 8x8 and 4x4
+    maps, MobileNetV2's 2x2 at 32x32 input: a 2x2 side is repeated to 4 and averaged back). For other
+    sides, such as the 7x7 maps of ImageNet ResNets, the 4x4 windows overlap and differ in size, so
+    ``"pyramid"`` weights the map's locations unequally: its 1x1 and 2x2 cells differ from the
+    ``"direct"`` ones, and region 0 is then not exactly the global average (the model's ordinary
+    logits). With ``"direct"`` region 0 is the global average for every map size, and for a linear
+    classifier the result equals pooling the per-location logit map.
 
     Args:
         feature_map: ``[B, C, H, W]``, the map the model would globally pool before its head.
         classifier: any callable mapping ``[M, C]`` pooled vectors to ``[M, K]`` logits (an
             ``nn.Linear``, or a small function for heads with a norm before the fc).
-        scales: positive grid sizes.
+        scales: positive grid sizes; divisors of 4 with ``pooling="pyramid"``.
+        pooling: ``"pyramid"`` or ``"direct"``, as above.
 
     The output keeps the classifier's dtype (no cast), so it works under autocast.
     """
@@ -300,6 +342,10 @@ def local_logits(
         raise ValueError(f"local_logits: feature_map must be a 4-D [B, C, H, W] tensor, got {shape}.")
     if not callable(classifier):
         raise TypeError("local_logits: classifier must be callable, mapping [M, C] vectors to [M, K] logits.")
+    if pooling not in LOCAL_POOLINGS:
+        raise ValueError(
+            f"local_logits: unknown pooling {pooling!r}; valid choices: {', '.join(LOCAL_POOLINGS)}."
+        )
     if isinstance(scales, (int, str)) or not isinstance(scales, Sequence) or len(scales) == 0:
         raise ValueError(
             f"local_logits: scales must be a non-empty sequence of positive ints, got {scales!r}."
@@ -313,9 +359,16 @@ def local_logits(
         if size is None or isinstance(s, bool) or size <= 0:
             raise ValueError(f"local_logits: scales must be positive ints, got {list(scales)!r}.")
         grid_sizes.append(size)
+    if pooling == "pyramid" and any(PYRAMID_GRID % size for size in grid_sizes):
+        raise ValueError(
+            f"local_logits: pooling 'pyramid' takes every grid from a {PYRAMID_GRID}x{PYRAMID_GRID} "
+            f"grid, so scales must divide {PYRAMID_GRID}, got {list(scales)!r}; use pooling 'direct' "
+            "for other scales."
+        )
 
     batch, channels = feature_map.shape[:2]
-    pooled = torch.cat([F.adaptive_avg_pool2d(feature_map, s).flatten(2) for s in grid_sizes], dim=2)
+    source = F.adaptive_avg_pool2d(feature_map, PYRAMID_GRID) if pooling == "pyramid" else feature_map
+    pooled = torch.cat([F.adaptive_avg_pool2d(source, s).flatten(2) for s in grid_sizes], dim=2)
     regions = pooled.shape[2]
     vectors = pooled.transpose(1, 2).reshape(batch * regions, channels)
     logits = classifier(vectors)
@@ -369,8 +422,10 @@ def sdd(
     target = target.long()
 
     # [B, K, N] -> [N * B, K], region-major (row r * B + b is region r of sample b).
-    zs = _f32(student_local).permute(2, 0, 1).reshape(regions * batch, num_classes)
-    zt = _f32(teacher_local).permute(2, 0, 1).reshape(regions * batch, num_classes)
+    zs, zt = (
+        z.permute(2, 0, 1).reshape(regions * batch, num_classes)
+        for z in _upcast(student_local, teacher_local)
+    )
     labels = target.repeat(regions)
     if base == "kd":
         per_region = _kd_per_sample(zs, zt, temperature)
@@ -387,5 +442,5 @@ def sdd(
             complementary = correct != correct[:, :1]
         else:
             complementary = predicted != predicted[:, :1]
-        weights = 1.0 + (float(complementary_weight) - 1.0) * complementary.t().to(torch.float32)
+        weights = 1.0 + (float(complementary_weight) - 1.0) * complementary.t().to(per_region.dtype)
     return (weights * per_region).sum() / (regions * batch)

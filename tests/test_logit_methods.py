@@ -223,11 +223,11 @@ def test_sdd_terms(name, options):
     # by hand: the zoo's head is its Linear classifier
     with torch.no_grad():
         expected_teacher = losses.local_logits(
-            teacher.forward_features(images), teacher.get_classifier(), cfg.scales
+            teacher.forward_features(images), teacher.get_classifier(), cfg.scales, cfg.pooling
         )
     torch.testing.assert_close(teacher_local, expected_teacher)
     student_local = losses.local_logits(
-        student.forward_features(images), student.get_classifier(), cfg.scales
+        student.forward_features(images), student.get_classifier(), cfg.scales, cfg.pooling
     )
     base = BASE_DEFAULTS[cfg.base]
     ramp = min(5 / base["warmup"], 1.0) if base["warmup"] else 1.0
@@ -246,6 +246,33 @@ def test_sdd_terms(name, options):
     torch.testing.assert_close(terms["ce"], base["w_ce"] * F.cross_entropy(logits, labels))
     torch.testing.assert_close(logits, student_local[:, :, 0])
     assert teacher_local.shape == (4, NUM_CLASSES, sum(s * s for s in cfg.scales))
+
+
+@pytest.mark.parametrize("pooling", ["pyramid", "direct"])
+def test_sdd_pooling_reaches_teacher_and_student_on_7x7_maps(pooling):
+    # 28x28 inputs give cifar_resnet8 7x7 maps, where the two poolings differ. The head check passes
+    # with either (it tests the head on the global average), and both sides use the configured pooling.
+    student, teacher = cifar_pair()
+    images = torch.randn(3, 3, 28, 28, generator=torch.Generator().manual_seed(3))
+    labels = torch.tensor([0, 1, 2])
+    method = build("sd-kd", {"pooling": pooling, "scales": [1, 2]}, images, student, teacher)
+    assert student.forward_features(images).shape[-2:] == (7, 7)
+    method.train()
+    teacher_local = method.teacher_outputs(images)
+    _, terms = method(images, labels, Progress(epoch=0, step=0, steps_per_epoch=10), teacher_local)
+    with torch.no_grad():
+        t_map = teacher.forward_features(images)
+        expected_teacher = losses.local_logits(t_map, teacher.get_classifier(), (1, 2), pooling)
+        other_teacher = losses.local_logits(
+            t_map, teacher.get_classifier(), (1, 2), "direct" if pooling == "pyramid" else "pyramid"
+        )
+    torch.testing.assert_close(teacher_local, expected_teacher)
+    assert not torch.allclose(teacher_local, other_teacher, rtol=1e-4, atol=1e-4)
+    student_local = losses.local_logits(
+        student.forward_features(images), student.get_classifier(), (1, 2), pooling
+    )
+    expected = losses.sdd(student_local, expected_teacher, labels, base="kd", temperature=4.0)
+    torch.testing.assert_close(terms["sdd"], 0.9 * expected)
 
 
 def test_aliases_resolve_with_their_base_defaults():
@@ -278,6 +305,7 @@ def test_aliases_resolve_with_their_base_defaults():
         dumped = config.model_dump()
         assert {k: dumped[k] for k in values} == values
         assert dumped["scales"] == [1, 2, 4] and dumped["rule"] == "code"
+        assert dumped["pooling"] == "pyramid"
     # explicit options beat the base defaults; the resolved dump round-trips
     _, config = resolve_method("SD-DKD", {"warmup": 5, "beta": 2})
     assert (config.warmup, config.beta, config.w_ce) == (5.0, 2.0, 1.0)
@@ -326,6 +354,12 @@ def test_option_errors_are_user_errors():
         resolve_method("sdd", {"base": "fitnet"})
     with pytest.raises(UserError, match=r"scales must start with 1"):
         resolve_method("sd-kd", {"scales": [2, 4]})
+    # The default pyramid pooling takes every grid from the 4x4 one; other scales need direct pooling.
+    with pytest.raises(UserError, match=r"option 'pooling'.*scales must divide 4 \(got \[1, 3\]\)"):
+        resolve_method("sd-kd", {"scales": [1, 3]})
+    assert resolve_method("sd-kd", {"scales": [1, 3], "pooling": "direct"})[1].scales == [1, 3]
+    with pytest.raises(UserError, match=r"option 'pooling'.*'pyramid' or 'direct'"):
+        resolve_method("sd-kd", {"pooling": "max"})
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,13 @@ global pooling, and the head is applied to every pooled cell by feeding the cell
 as a ``[M, C, 1, 1]`` map. Average-pooling a 1x1 map is the identity, so every layer of the head runs
 (a Linear for the CIFAR zoo and ResNets; norm + fc for ConvNeXt; conv_head + act + classifier for
 MobileNetV3). A model without ``forward_head`` but with a linear ``get_classifier()`` uses that Linear.
-When the method is built, each model's region-0 logits are checked against its normal output on the
-example batch, so a head SDD cannot split (attention pooling, token models) is a clear error.
+When the method is built, each model's head applied to its globally averaged map is checked against its
+normal output on the example batch, so a head SDD cannot split (attention pooling, token models) is a
+clear error.
+
+The grids are pooled as the authors' code does by default (``pooling: pyramid``: the map to 4x4 first,
+the coarser grids from that), or each straight from the map (``pooling: direct``); the two differ on
+maps such as ImageNet's 7x7 (see :func:`kdcompress.losses.local_logits`).
 
 The student is run once: its feature map gives both the normal logits (``forward_head``, used by CE)
 and the local logits.
@@ -65,6 +70,12 @@ class SDDConfig(WarmupConfig):
         default_factory=lambda: [1, 2, 4],
         description="grid sizes M; [1, 2] for similar teacher/student, [1, 2, 4] for heterogeneous",
     )
+    pooling: losses.LocalPooling = Field(
+        default="pyramid",
+        validate_default=True,  # the default must fit the scales too
+        description="pyramid = the authors' code: pool the map to 4x4, every grid from that (scales "
+        "must divide 4); direct = every grid straight from the map",
+    )
     rule: Literal["code", "paper"] = Field(
         default="code",
         description="complementary regions: code = correctness differs from the global view's, "
@@ -111,6 +122,19 @@ class SDDConfig(WarmupConfig):
             )
         if any(s <= 0 for s in value) or len(set(value)) != len(value):
             raise ValueError("scales must be distinct positive grid sizes")
+        return value
+
+    @field_validator("pooling")
+    @classmethod
+    def _pooling_fits_scales(cls, value: str, info: ValidationInfo) -> str:
+        # Checked here so a bad combination fails when the recipe is read, not at the first teacher pass.
+        scales = info.data.get("scales")
+        grid = losses.PYRAMID_GRID
+        if value == "pyramid" and scales is not None and any(grid % s for s in scales):
+            raise ValueError(
+                f"pooling 'pyramid' takes every grid from the {grid}x{grid} one, so scales must divide "
+                f"{grid} (got {scales}); use pooling 'direct' for other scales"
+            )
         return value
 
     def loss_options(self) -> dict[str, Any]:
@@ -176,7 +200,10 @@ def normal_logits(model: nn.Module, features: Tensor) -> Tensor:
 def check_local_head(
     model: nn.Module, head: Callable[[Tensor], Tensor], example: Tensor, role: str = "model"
 ) -> None:
-    """Raise :class:`UserError` unless ``model``'s region-0 local logits equal its normal output."""
+    """Raise :class:`UserError` unless ``head`` on ``model``'s globally averaged map gives its normal output.
+
+    This checks the head, not the method's pooling option, so it is the same for either pooling.
+    """
     arch = _arch_name(model)
     with eval_mode(model), torch.no_grad():
         features = model.forward_features(example)
@@ -188,7 +215,10 @@ def check_local_head(
             )
         expected = model(example)
         try:
-            region0 = losses.local_logits(features, head, (1,))[:, :, 0]
+            # Direct pooling, whatever the method's option: its region 0 is the global average for every
+            # map size, so it must reproduce the model's output if and only if the head can score cells.
+            # Pyramid pooling's region 0 is not the global average on maps such as 7x7.
+            region0 = losses.local_logits(features, head, (1,), pooling="direct")[:, :, 0]
         except Exception as exc:  # any failure here means the head cannot score pooled cells
             raise UserError(
                 f"SDD cannot apply the head of the {role} '{arch}' to pooled regions "
@@ -224,13 +254,14 @@ class SDD(Method):
         check_local_head(student, self._student_head, example, "student")
         check_local_head(self.teacher, self._teacher_head, example, "teacher")
 
-    def local_logits(self, model: nn.Module, head: Callable[[Tensor], Tensor], images: Tensor) -> Tensor:
-        return losses.local_logits(model.forward_features(images), head, self.config.scales)
+    def local_logits(self, features: Tensor, head: Callable[[Tensor], Tensor]) -> Tensor:
+        """Local logits with the configured scales and pooling; teacher and student both come here."""
+        return losses.local_logits(features, head, self.config.scales, self.config.pooling)
 
     def teacher_outputs(self, images: Tensor) -> Tensor:
         """The teacher's local logits ``[B, K, N]``."""
         with torch.inference_mode():
-            local = self.local_logits(self.teacher, self._teacher_head, images)
+            local = self.local_logits(self.teacher.forward_features(images), self._teacher_head)
         # Inference tensors cannot be saved for backward; a clone outside inference mode can.
         return local.clone()
 
@@ -238,7 +269,7 @@ class SDD(Method):
         cfg = self.config
         features = self.student.forward_features(images)
         logits = normal_logits(self.student, features)
-        local = losses.local_logits(features, self._student_head, cfg.scales)
+        local = self.local_logits(features, self._student_head)
         distill = losses.sdd(local, teacher_out, labels, **cfg.loss_options())
         return logits, {
             "ce": cfg.w_ce * F.cross_entropy(logits, labels),
