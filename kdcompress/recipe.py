@@ -169,6 +169,17 @@ class PaperSpec(BaseModel):
 
     top1: float | None = None
     source: str | None = None
+    dataset: str | None = Field(
+        default=None, description="what the paper's number was measured on: cifar100, imagenet, ..."
+    )
+
+    def measured_on(self, data_source: str) -> bool:
+        """Whether a run on ``data_source`` measures what the paper's number measures (ImageNet comes
+        as an image folder); True when the recipe does not say."""
+        reader = data_source.partition(":")[0].strip().lower()
+        if self.dataset is None:
+            return True
+        return reader == self.dataset or (self.dataset == "imagenet" and reader == "imagefolder")
 
 
 class Recipe(_Section):
@@ -222,9 +233,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(file.read_text())
     except yaml.YAMLError as exc:
-        raise UserError(
-            f"Recipe file '{file}' is not valid YAML ({exc.__class__.__name__}); fix it."
-        ) from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or exc.__class__.__name__
+        raise UserError(f"Recipe file '{file}' is not valid YAML{where} ({problem}); fix it.") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -301,12 +313,19 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _format_validation_error(exc: ValidationError) -> str:
+def _format_validation_error(exc: ValidationError, schema: type[BaseModel]) -> str:
     first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "recipe"
+    loc = [str(p) for p in first["loc"]]
+    where = ".".join(loc) or "recipe"
+    extra = f" and {len(exc.errors()) - 1} more problem(s)" if len(exc.errors()) > 1 else ""
+    if first["type"] == "extra_forbidden":
+        owner = _section_model(loc[:-1], schema)
+        hint = ""
+        if owner is not None:
+            hint = did_you_mean(where, [".".join([*loc[:-1], f]) for f in owner.model_fields])
+        return f"Recipe field '{where}' is not a field of the recipe{extra}.{hint}"
     value = first.get("input")
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
-    extra = f" and {len(exc.errors()) - 1} more problem(s)" if len(exc.errors()) > 1 else ""
     return f"Recipe field '{where}': {first['msg']}{shown}{extra}."
 
 
@@ -342,7 +361,7 @@ def build_probe_recipe(
     try:
         return ProbeRecipe.model_validate(data)
     except ValidationError as exc:
-        raise UserError(_format_validation_error(exc)) from None
+        raise UserError(_format_validation_error(exc, ProbeRecipe)) from None
 
 
 def validate_recipe(data: dict[str, Any]) -> Recipe:
@@ -352,4 +371,4 @@ def validate_recipe(data: dict[str, Any]) -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        raise UserError(_format_validation_error(exc)) from None
+        raise UserError(_format_validation_error(exc, Recipe)) from None

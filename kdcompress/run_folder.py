@@ -33,6 +33,11 @@ class TrainedModel:
     weights: Path
 
     @property
+    def is_onnx(self) -> bool:
+        """An exported ONNX file (run by onnxruntime) rather than PyTorch weights."""
+        return self.weights.suffix == ".onnx"
+
+    @property
     def arch(self) -> str:
         return str(self.config["architecture"])
 
@@ -77,12 +82,25 @@ def find_weights(path: Path) -> tuple[Path, Path]:
 
 
 def load_trained(path: str | Path, role: str = "model") -> TrainedModel:
-    """Rebuild the model a kdcompress run (or export) folder describes, weights loaded, in eval mode."""
+    """Rebuild the model a kdcompress run (or export) folder describes, weights loaded, in eval mode.
+
+    An ``.onnx`` file from an export folder loads as an onnxruntime-backed model (its ``config.json``,
+    written next to it by ``export``, describes its inputs), so ``eval`` and ``bench`` measure the
+    file that ships."""
     weights, folder = find_weights(Path(path))
     config_file = folder / checkpoint.CONFIG_FILE
     if not config_file.is_file():
         raise UserError(f"'{folder}' has no config.json next to the weights; pass a kdcompress run folder.")
     config = json.loads(config_file.read_text())
+    if weights.suffix == ".onnx":
+        from kdcompress.deploy.onnx import OnnxRuntimeModel  # deferred: onnxruntime only for ONNX files
+
+        try:
+            return TrainedModel(OnnxRuntimeModel(weights).eval(), config, weights)
+        except Exception as exc:  # onnxruntime's own errors: a damaged or foreign file
+            raise UserError(
+                f"'{weights}' is not an ONNX model onnxruntime can run ({type(exc).__name__})."
+            ) from None
     args = dict(config.get("model_args", {}))
     in_chans = args.pop("in_chans", 3)
     model = build_model(config["architecture"], config["num_classes"], in_chans, **args)
@@ -124,7 +142,7 @@ def evaluate_trained(
     trained: TrainedModel, data: DataBundle, device: str = "auto", batch_size: int = 512
 ) -> dict[str, float]:
     """Top-1, top-5 and mean loss of ``trained`` on the validation split of ``data``."""
-    runtime = setup_runtime(device)
+    runtime = setup_runtime("cpu" if trained.is_onnx else device)  # onnxruntime's CPU provider
     model = trained.model.to(runtime.device)
     loader = data.val_loader(batch_size, runtime.device)
     return evaluate(model, loader, runtime, resolve_precision("auto", runtime.device))

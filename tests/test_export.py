@@ -185,3 +185,53 @@ def test_bad_precision_options_exit_2(runner, teacher_run, tmp_path, args, needl
     result = runner.invoke(app, ["export", str(teacher_run), "--out", str(tmp_path / "x"), *args])
     assert result.exit_code == 2 and needle in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_export_honours_the_opset_or_refuses(runner, teacher_run, tmp_path):
+    from kdcompress.deploy.onnx import file_opset, max_opset
+
+    out = tmp_path / "op13"
+    result = runner.invoke(
+        app, ["export", str(teacher_run), "--format", "onnx", "--opset", "13", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert file_opset(out / "model.onnx") == 13 and "on real inputs: max |diff|" in result.output
+    result = runner.invoke(
+        app, ["export", str(teacher_run), "--format", "onnx", "--opset", "30", "--out", str(tmp_path / "x")]
+    )
+    assert result.exit_code == 2 and f"from 11 to {max_opset()}" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "x" / "model.onnx").exists()
+
+
+def test_eval_and_bench_measure_the_onnx_files_that_ship(runner, int8_export):
+    folder, _ = int8_export
+
+    def top1(output: str) -> float:
+        return float(output.split("│")[1])  # the first cell of the result row
+
+    result = runner.invoke(app, ["eval", str(folder / "model.int8.onnx"), "--data", "digits"])
+    assert result.exit_code == 0, result.output
+    assert "model.int8.onnx, onnxruntime" in " ".join(result.output.split())
+    fp32 = runner.invoke(app, ["eval", str(folder / "model.onnx"), "--data", "digits"])
+    torch_run = runner.invoke(app, ["eval", str(folder), "--data", "digits"])
+    assert fp32.exit_code == 0 and torch_run.exit_code == 0
+    assert top1(fp32.output) == top1(torch_run.output)  # the fp32 file is the PyTorch model
+    assert abs(top1(result.output) - top1(fp32.output)) < 10  # int8 drifts, but stays close
+    bench = [
+        "bench",
+        str(folder / "model.int8.onnx"),
+        "--data",
+        "digits",
+        "--batch-sizes",
+        "1",
+        "--repeats",
+        "2",
+    ]
+    result = runner.invoke(app, [*bench, "--json", str(folder / "bench.json")])
+    assert result.exit_code == 0, result.output
+    entry = json.loads((folder / "bench.json").read_text())["models"][0]
+    assert entry["source"] == "onnx file" and entry["top1"] is not None and entry["params"] > 0
+    assert [row["runtime"] for row in entry["latency"]] == ["onnxruntime"]
+    (folder / "broken.onnx").write_bytes(b"not onnx")
+    broken = runner.invoke(app, ["eval", str(folder / "broken.onnx"), "--data", "digits"])
+    assert broken.exit_code == 2 and "not an ONNX model onnxruntime can run" in broken.output

@@ -199,10 +199,10 @@ def test_fine_tuning_lrs_per_group_and_across_resume(tmp_path, imagenet_like_fil
 
     original = engine.Trainer.train_epoch
 
-    def crash_in_epoch_3(self, epoch, bar, task):
+    def crash_in_epoch_3(self, epoch, display):
         if epoch == 3:
             raise KeyboardInterrupt
-        return original(self, epoch, bar, task)
+        return original(self, epoch, display)
 
     monkeypatch.setattr(engine.Trainer, "train_epoch", crash_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):

@@ -25,10 +25,10 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, monkeypatch, 
 
     original = engine.Trainer.train_epoch
 
-    def crash_in_epoch_3(self, epoch, bar, task):
+    def crash_in_epoch_3(self, epoch, display):
         if epoch == 3:
             raise KeyboardInterrupt
-        return original(self, epoch, bar, task)
+        return original(self, epoch, display)
 
     monkeypatch.setattr(engine.Trainer, "train_epoch", crash_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):

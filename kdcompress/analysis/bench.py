@@ -194,20 +194,26 @@ def measure_model(bm: BenchModel, role: str, settings: BenchSettings, work_dir: 
     """One entry of the ``models`` list of the bench JSON."""
     model = bm.model.eval().cpu()
     weights = bm.weights
+    is_onnx = bm.trained is not None and bm.trained.is_onnx
     entry: dict[str, Any] = {
         "name": bm.name,
         "role": role,
         "arch": bm.arch,
-        "source": "folder" if bm.trained else "architecture (random init)",
+        "source": "onnx file" if is_onnx else "folder" if bm.trained else "architecture (random init)",
         "input_size": list(bm.input_size),
         "num_classes": bm.num_classes,
-        "params": count_parameters(model),
-        "flops": count_flops(model, bm.input_size),
+        "params": model.parameter_count() if is_onnx else count_parameters(model),
+        "flops": None if is_onnx else count_flops(model, bm.input_size),  # no FLOP counter for ONNX graphs
         "size_bytes": weights.stat().st_size if weights else safetensors_bytes(model),
-        "onnx_size_bytes": None,
+        "onnx_size_bytes": weights.stat().st_size if is_onnx else None,
         "top1": None,
         "latency": [],
     }
+    if is_onnx:  # the file itself is what ships: time it in onnxruntime only
+        _time_onnx(entry, weights, bm, settings)
+        if settings.data is not None:
+            entry["top1"] = evaluate_top1(bm, settings.data, torch.device("cpu"), settings.val_limit)
+        return entry
     session_path = None
     if settings.with_onnx:
         session_path = export_onnx(model, bm.input_size, work_dir / f"{role}.onnx", settings.opset)
@@ -226,15 +232,27 @@ def measure_model(bm: BenchModel, role: str, settings: BenchSettings, work_dir: 
                     f"onnxruntime has no CUDA provider here (install onnxruntime-gpu); skipped {device}."
                 )
                 continue
-            session = onnx_session(session_path, providers, settings.threads)
-            for batch in settings.batch_sizes:
-                inputs = torch.randn(batch, *bm.input_size)
-                latency = onnx_latency(session, inputs, warmup, repeats)
-                entry["latency"].append(_latency_row("onnxruntime", device, batch, latency))
+            _time_onnx(entry, session_path, bm, settings, device, providers)
     if settings.data is not None:
         entry["top1"] = evaluate_top1(bm, settings.data, settings.devices[-1], settings.val_limit)
     bm.model = model.cpu()
     return entry
+
+
+def _time_onnx(
+    entry: dict[str, Any],
+    path: Path,
+    bm: BenchModel,
+    settings: BenchSettings,
+    device: torch.device | None = None,
+    providers: list | None = None,
+) -> None:
+    """onnxruntime latency rows of ``path`` at every batch size (CPU unless providers say otherwise)."""
+    session = onnx_session(path, providers, settings.threads)
+    for batch in settings.batch_sizes:
+        inputs = torch.randn(batch, *bm.input_size)
+        latency = onnx_latency(session, inputs, settings.warmup, settings.repeats)
+        entry["latency"].append(_latency_row("onnxruntime", device or torch.device("cpu"), batch, latency))
 
 
 def compare_models(teacher: dict[str, Any], student: dict[str, Any]) -> dict[str, Any]:

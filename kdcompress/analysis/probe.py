@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -289,6 +290,14 @@ def probe_layers(
                 )
             indices = quality.balanced_indices(labels_all, samples, seed=seed)
             n, n_train = len(indices), len(data.dataset.train)
+            smallest = int(torch.bincount(labels_all[indices]).min())
+            if smallest < 2:
+                warnings.warn(
+                    f"The probe's {n} samples give some class fewer than 2 samples, so its spectrum is empty "
+                    f"and the information term I is 0 for every layer; use --samples "
+                    f"{2 * data.num_classes} or more.",
+                    stacklevel=2,
+                )
             loader = data.eval_loader(data.dataset.train.subset(indices), batch_size, run_device)
             labels = labels_all[indices].cpu()
             stored = {layer.name: pooled_shape(layer.shape, limit) for layer in probed}
@@ -364,7 +373,7 @@ def probe_recipe_inputs(recipe: ProbeRecipe, weights_needed: bool = True) -> tup
     spec = recipe.teacher
     if not weights_needed and not spec.weights:
         spec = spec.model_copy(update={"allow_random": True})
-    model, _ = build_from_spec(spec, "teacher", data.num_classes, data.fmt.channels)
+    model, _ = build_from_spec(spec, "teacher", data.num_classes, data.fmt.channels, data.fmt.size)
     return model, data
 
 

@@ -53,7 +53,7 @@ def render_table(report: dict[str, Any]) -> Table:
     row("input (C,H,W)", [",".join(map(str, m["input_size"])) for m in models])
     row("parameters", [_si(m["params"]) for m in models], _x(ratios.get("params"), "compression"))
     row("FLOPs / image", [_si(m["flops"]) for m in models], _x(ratios.get("flops"), "fewer"))
-    row("safetensors size", [_si(m["size_bytes"], "B") for m in models], _x(ratios.get("size"), "smaller"))
+    row("file size", [_si(m["size_bytes"], "B") for m in models], _x(ratios.get("size"), "smaller"))
     if any(m["onnx_size_bytes"] for m in models):
         row(
             "ONNX size",
@@ -68,7 +68,7 @@ def render_table(report: dict[str, Any]) -> Table:
             "" if delta is None else f"{delta:+.2f} points",
         )
     speedups = {_key(s): s["speedup"] for s in ratios.get("speedup", [])}
-    keys = [(r["runtime"], r["device"], r["batch_size"]) for r in models[0]["latency"]]
+    keys = list(dict.fromkeys(_key(r) for m in models for r in m["latency"]))
     for key in keys:
         cells = []
         for entry in models:

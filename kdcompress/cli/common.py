@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -19,11 +20,20 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _show_warning(
+    message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
+    """Python warnings as one yellow line, like errors (no file name and source line)."""
+    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
 def guarded(command: F) -> F:
-    """Turn a :class:`UserError` into one red sentence on stderr and exit code 2 (no traceback)."""
+    """Turn a :class:`UserError` into one red sentence on stderr and exit code 2 (no traceback), and
+    warnings into one yellow line each."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        warnings.showwarning = _show_warning
         try:
             return command(*args, **kwargs)
         except UserError as exc:

@@ -26,7 +26,8 @@ def register(app: typer.Typer) -> None:
         trained = load_trained(checkpoint)
         bundle = data_for_model(trained, data)
         metrics = evaluate_trained(trained, bundle, device or "auto", batch_size)
-        table = Table(title=f"{trained.arch} on {data or trained.data_source} (validation)")
+        what = f"{trained.arch} ({trained.weights.name}, onnxruntime)" if trained.is_onnx else trained.arch
+        table = Table(title=f"{what} on {data or trained.data_source} (validation)")
         for column in ("top-1 (%)", "top-5 (%)", "loss", "samples"):
             table.add_column(column, justify="right")
         table.add_row(

@@ -68,18 +68,30 @@ def register(app: typer.Typer) -> None:
             needle = contains.lower()
             entries = [e for e in entries if needle in e.name.lower() or needle in e.method.lower()]
         table = Table(title=f"recipes in {recipes_root()}")
-        for column, justify in (
-            ("name", "left"),
-            ("pair", "left"),
-            ("method", "left"),
-            ("paper top-1", "right"),
-            ("source", "left"),
-        ):
-            table.add_column(column, justify=justify)
-        for entry in entries:
-            top1 = f"{entry.paper_top1:.2f}" if entry.paper_top1 is not None else "-"
-            table.add_row(entry.name, entry.pair, entry.method, top1, entry.paper_source or "-")
-        console.print(table)
+        # Names are what users copy into --recipe: never cut them; the source column wraps instead.
+        longest = max((len(e.name) for e in entries), default=4)
+        table.add_column("name", no_wrap=True, min_width=longest)
+        table.add_column("pair", overflow="fold")
+        table.add_column("method", overflow="fold")
+        table.add_column("paper top-1", justify="right")
+        table.add_column("source", overflow="fold")
+        rows = [
+            (
+                e.name,
+                e.pair,
+                e.method,
+                "-" if e.paper_top1 is None else f"{e.paper_top1:.2f}",
+                e.paper_source or "-",
+            )
+            for e in entries
+        ]
+        if not console.is_terminal:  # piped: one tab-separated line per recipe, nothing cut
+            for row in rows:
+                typer.echo("\t".join(row))
+        else:
+            for row in rows:
+                table.add_row(*row)
+            console.print(table)
         if not entries:
             console.print(f"no recipe matches '{contains}'")
 

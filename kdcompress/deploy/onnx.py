@@ -1,8 +1,11 @@
 """ONNX files: exported from PyTorch, run by onnxruntime, and checked against PyTorch.
 
-The exporter is torch's dynamo exporter writing one self-contained file (no external data) with a
-dynamic batch axis named ``batch``. A file is only trusted once onnxruntime reproduces PyTorch's logits
-within :data:`ONNX_TOLERANCE`; every file is written under a temporary name and renamed into place.
+The exporter writes one self-contained file (no external data) with a dynamic batch axis named
+``batch``, at exactly the opset asked for: torch's dynamo exporter for opset 18 and later (it works at
+18 and converts upwards), the TorchScript exporter below 18 (the dynamo exporter's down-conversion
+fails for common graphs and then silently keeps 18). A file is only trusted once its opset is the one
+asked for and onnxruntime reproduces PyTorch's logits within :data:`ONNX_TOLERANCE`; every file is
+written under a temporary name and renamed into place.
 """
 
 from __future__ import annotations
@@ -26,27 +29,57 @@ class VerificationError(UserError):
     """The exported model does not reproduce PyTorch; the files are not trustworthy."""
 
 
+DYNAMO_MIN_OPSET = 18  # the dynamo exporter's native opset
+
+
+def max_opset() -> int:
+    """The newest opset this onnx package knows."""
+    import onnx
+
+    return int(onnx.defs.onnx_opset_version())
+
+
+def file_opset(path: Path) -> int:
+    """The default-domain opset an ONNX file declares."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
 def export_onnx(model: nn.Module, input_size: tuple[int, int, int], path: Path, opset: int) -> Path:
-    """Export with the dynamo exporter: one file, dynamic batch axis named ``batch``."""
+    """Export ``model`` to one ONNX file at ``opset`` with a dynamic batch axis named ``batch``."""
+    if not 11 <= opset <= max_opset():
+        raise UserError(f"ONNX opset {opset} is not available; use an opset from 11 to {max_opset()}.")
     model = model.eval()
     example = torch.randn(2, *input_size)
-    batch = torch.export.Dim("batch")
-    # The exporter narrates each stage at INFO level; users want the result, not the play-by-play.
+    # The exporters narrate each stage at INFO level; users want the result, not the play-by-play.
     logging.getLogger("torch.onnx").setLevel(logging.WARNING)
 
     def write(tmp: Path) -> None:
-        torch.onnx.export(
-            model,
-            (example,),
-            str(tmp),
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_shapes=({0: batch},),
-            opset_version=opset,
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
+        common = {"input_names": ["input"], "output_names": ["logits"], "opset_version": opset}
+        if opset >= DYNAMO_MIN_OPSET:
+            batch = torch.export.Dim("batch")
+            torch.onnx.export(
+                model,
+                (example,),
+                str(tmp),
+                dynamic_shapes=({0: batch},),
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+                **common,
+            )
+        else:
+            torch.onnx.export(
+                model, (example,), str(tmp), dynamic_axes={"input": {0: "batch"}}, dynamo=False, **common
+            )
+        written = file_opset(tmp)
+        if written != opset:
+            raise UserError(
+                f"The exporter wrote opset {written} instead of {opset} for this model; "
+                f"use --opset {written}."
+            )
 
     checkpoint.atomic_write(path, write)
     return path
@@ -86,7 +119,15 @@ def max_difference(session: Any, model: nn.Module, inputs: torch.Tensor) -> floa
 
 def verify_parity(path: Path, model: nn.Module, checks: dict[str, torch.Tensor]) -> dict[str, float]:
     """onnxruntime against PyTorch on each named input batch; a VerificationError beyond tolerance."""
-    session = onnx_session(path)
+    try:
+        session = onnx_session(path)
+    except Exception as exc:  # onnxruntime raises its own exception types for models it cannot run
+        import onnxruntime
+
+        raise VerificationError(
+            f"onnxruntime {onnxruntime.__version__} cannot run the exported opset-{file_opset(path)} file "
+            f"({type(exc).__name__}); try an older --opset (18 is the default)."
+        ) from None
     parity = {name: max_difference(session, model, inputs) for name, inputs in checks.items()}
     worst = max(parity.values())
     if worst > ONNX_TOLERANCE:
@@ -95,3 +136,26 @@ def verify_parity(path: Path, model: nn.Module, checks: dict[str, torch.Tensor])
             f"{max(parity, key=parity.get)} inputs; try another --opset."
         )
     return parity
+
+
+class OnnxRuntimeModel(nn.Module):
+    """An exported ONNX file (fp32, fp16 or int8) behind the ``nn.Module`` call interface, so the same
+    evaluation code measures the file a user ships. It runs on the CPU through onnxruntime; inputs and
+    outputs are float32 tensors, whatever precision the file computes in."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.__dict__["session"] = onnx_session(self.path)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        feed = {self.input_name: images.detach().float().cpu().numpy()}
+        return torch.from_numpy(self.session.run(None, feed)[0]).float().to(images.device)
+
+    def parameter_count(self) -> int:
+        """Values stored in the file's initializers (the weights), as ``count_parameters`` would say."""
+        import onnx
+
+        graph = onnx.load(str(self.path), load_external_data=False).graph
+        return sum(int(np.prod(tensor.dims)) for tensor in graph.initializer)

@@ -100,7 +100,7 @@ def _init_from_file(
     arch: str, path: str, num_classes: int, in_chans: int, kwargs: dict
 ) -> tuple[nn.Module, str]:
     """timm loads the file (its state dict) as pretrained weights, adapting head and first conv."""
-    file = resolve_weights_path(path)
+    file = resolve_weights_path(path).resolve()
     state = read_state_dict(file)
     shapes = _file_shapes(arch, state)
     cfg = get_pretrained_cfg(parse_model_name(arch)[1])
@@ -174,12 +174,50 @@ def _exact_pretrained(
     return model, f"timm pretrained weights {weights.repo_id or weights.cached_file or arch} (exact)"
 
 
-def build_from_spec(spec: Any, role: str, num_classes: int, in_chans: int) -> tuple[nn.Module, str]:
+def collapse_warning(model: nn.Module, arch: str, image_size: int) -> str | None:
+    """A sentence when ``image_size`` is below the model's total downsampling, so that its last stages
+    run on 1x1 maps (their spatial processing is wasted and accuracy suffers); None otherwise."""
+    info = getattr(model, "feature_info", None)
+    entries = info.get_dicts() if hasattr(info, "get_dicts") else list(info or [])
+    reduction = max((int(e.get("reduction", 1)) for e in entries), default=1)
+    if image_size >= reduction:
+        return None
+    return (
+        f"{arch} downsamples {reduction}x, so at {image_size}x{image_size} input its last stages run on "
+        f"1x1 maps; use data.image_size={reduction} or more, or a model made for small images (cifar_*)."
+    )
+
+
+def _fixed_size(model: nn.Module) -> tuple[int, int] | None:
+    """The one input size a model accepts (vision transformers), or None when any size works."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if not cfg.get("fixed_input_size"):
+        return None
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None) or cfg.get("input_size", [0])[1:]
+    return tuple(int(v) for v in size) if size else None
+
+
+def build_from_spec(
+    spec: Any, role: str, num_classes: int, in_chans: int, image_size: int | None = None
+) -> tuple[nn.Module, str]:
     """The model a recipe's ``student`` / ``teacher`` section describes, and where its weights came from.
 
     ``spec`` has ``arch``, ``weights``, ``init``, ``kwargs`` (a :class:`kdcompress.recipe.ModelSpec`),
-    and for a teacher ``allow_random``. See the module docstring for the three sources of weights.
+    and for a teacher ``allow_random``. See the module docstring for the three sources of weights. A model
+    that accepts one input size only (a ViT) and was not built for ``image_size`` is a UserError saying
+    which option sets it.
     """
+    model, origin = _build(spec, role, num_classes, in_chans)
+    fixed = _fixed_size(model)
+    if image_size is not None and fixed is not None and fixed != (image_size, image_size):
+        raise UserError(
+            f"The {role} {spec.arch} takes {fixed[0]}x{fixed[1]} images but the data is {image_size}x"
+            f"{image_size}; set {role}.kwargs.img_size={image_size} (or data.image_size={fixed[0]})."
+        )
+    return model, origin
+
+
+def _build(spec: Any, role: str, num_classes: int, in_chans: int) -> tuple[nn.Module, str]:
     arch, kwargs = spec.arch, dict(spec.kwargs)
     for key in ("pretrained", "pretrained_cfg_overlay", "checkpoint_path", "num_classes", "in_chans"):
         if key in kwargs:
@@ -209,7 +247,7 @@ def build_from_spec(spec: Any, role: str, num_classes: int, in_chans: int) -> tu
                 "architecture name with a weight file."
             )
         load_weights(model, spec.weights, role)
-        return model, f"exact weights from {resolve_weights_path(spec.weights)}"
+        return model, f"exact weights from {resolve_weights_path(spec.weights).resolve()}"
     if init == PRETRAINED:
         return _init_pretrained(arch, role, num_classes, in_chans, kwargs)
     if init:

@@ -19,13 +19,13 @@ import json
 import math
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
 from kdcompress import checkpoint
@@ -35,9 +35,10 @@ from kdcompress.evaluate import autocast_for, evaluate, resolve_precision
 from kdcompress.methods import Method, resolve_method
 from kdcompress.methods import Progress as StepProgress
 from kdcompress.models import count_parameters
-from kdcompress.models.factory import architecture_of, build_from_spec, path_or_keyword
+from kdcompress.models.factory import architecture_of, build_from_spec, collapse_warning, path_or_keyword
 from kdcompress.recipe import Recipe, validate_recipe
 from kdcompress.runtime import Runtime, all_reduce_sum, setup_runtime
+from kdcompress.train.display import RunDisplay
 from kdcompress.train.report import write_report
 from kdcompress.train.result import RunInterrupted, RunResult
 from kdcompress.train.resume import RECIPE_FILE, plan_resume
@@ -67,8 +68,10 @@ def prepare(recipe: Recipe) -> Prepared:
     data = load_data(recipe.data)
     fmt = data.fmt
     seed_everything(recipe.train.seed)
-    student, origins = build_from_spec(recipe.student, "student", data.num_classes, fmt.channels), {}
-    student, origins["student"] = student
+    origins: dict[str, str] = {}
+    student, origins["student"] = build_from_spec(
+        recipe.student, "student", data.num_classes, fmt.channels, fmt.size
+    )
     teacher = None
     if method_cls.needs_teacher:
         if recipe.teacher is None:
@@ -76,8 +79,9 @@ def prepare(recipe: Recipe) -> Prepared:
                 f"Method '{method_cls.name}' needs a teacher; pass --teacher ARCH --teacher-weights FILE."
             )
         teacher, origins["teacher"] = build_from_spec(
-            recipe.teacher, "teacher", data.num_classes, fmt.channels
+            recipe.teacher, "teacher", data.num_classes, fmt.channels, fmt.size
         )
+    _warn_about_meaningless_settings(recipe, data, student, teacher)
     example_loader = data.val_loader(min(8, len(data.dataset.val)), torch.device("cpu"))
     example = next(iter(example_loader.batches())).images
     method = method_cls.build(method_config, student, teacher, example, data)
@@ -90,6 +94,24 @@ def prepare(recipe: Recipe) -> Prepared:
             for key in ("weights", "init"):
                 resolved[role][key] = path_or_keyword(resolved[role][key])
     return Prepared(validate_recipe(resolved), data, method, student, teacher, origins)
+
+
+def _warn_about_meaningless_settings(
+    recipe: Recipe, data: DataBundle, student: nn.Module, teacher: nn.Module | None
+) -> None:
+    """Warnings for runs that would work but whose result would silently mean little."""
+    paper = recipe.paper
+    if paper is not None and paper.top1 is not None and not paper.measured_on(recipe.data.source):
+        warnings.warn(
+            f"The recipe's paper number ({paper.top1:.2f}% on {paper.dataset}) does not apply: this run "
+            f"trains on {recipe.data.source}, so the report does not compare them.",
+            stacklevel=3,
+        )
+    for spec, model in ((recipe.student, student), (recipe.teacher, teacher)):
+        if model is not None and spec is not None:
+            message = collapse_warning(model, spec.arch, data.fmt.size)
+            if message:
+                warnings.warn(message, stacklevel=3)
 
 
 def student_config(prepared: Prepared, extra: dict[str, Any]) -> dict[str, Any]:
@@ -262,7 +284,7 @@ class Trainer:
         self.scheduler.step()
         return loss, logits, terms
 
-    def train_epoch(self, epoch: int, bar: Progress | None, task: Any) -> dict[str, float]:
+    def train_epoch(self, epoch: int, display: RunDisplay) -> dict[str, float]:
         loader, device = self.train_loader, self.runtime.device
         seed_everything(self.recipe.train.seed, epoch)
         self.method.train()
@@ -278,6 +300,7 @@ class Trainer:
                 sums[name] = sums.get(name, torch.zeros((), device=device)) + value.detach().float()
             correct += (logits.detach().argmax(1) == batch.labels).sum()
             seen += batch.labels.numel()
+            current = None
             if (step + 1) % log_every == 0 or step + 1 == steps:
                 current = float(loss.detach())  # the loop's host read, every log_every steps
                 if not math.isfinite(current):
@@ -285,8 +308,7 @@ class Trainer:
                         f"Training diverged (loss {current} at epoch {epoch}, step {step + 1}); "
                         "lower optim.lr or use train.grad_clip."
                     )
-                if bar is not None:
-                    bar.update(task, completed=step + 1, description=f"epoch {epoch} loss {current:.4f}")
+            display.step(current)
         seconds = time.perf_counter() - start
         totals = torch.stack([*sums.values(), correct, torch.tensor(float(seen), device=device)])
         totals = all_reduce_sum(totals.double(), self.runtime).tolist()
@@ -325,15 +347,16 @@ class Trainer:
         if runtime.is_main and not resume:
             checkpoint.write_text(self.run_dir / "metrics.jsonl", "")
         show_bar = runtime.is_main and not self.quiet and self.console.is_terminal
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=self.console, transient=True, disable=not show_bar) as bar:
+        steps = len(self.train_loader)
+        remaining = max(0, epochs - self.start_epoch + 1) * steps
+        with RunDisplay(self.console, remaining, show_bar) as display:
             for epoch in range(self.start_epoch, epochs + 1):
-                task = bar.add_task(f"epoch {epoch}", total=len(self.train_loader))
+                display.start_epoch(epoch, steps)
                 row: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
                 for group in self.optimizer.param_groups[1:]:
                     row[f"lr_{group['name']}"] = group["lr"]
-                row.update(self.train_epoch(epoch, bar if show_bar else None, task))
-                bar.remove_task(task)
+                row.update(self.train_epoch(epoch, display))
+                display.end_epoch()
                 val = evaluate(self.method.student, self.val_loader, runtime, self.precision)
                 row.update(val_top1=val["top1"], val_top5=val["top5"], val_loss=val["loss"])
                 improved = val["top1"] > self.best_top1

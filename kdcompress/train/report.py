@@ -185,16 +185,20 @@ def write_report(result: RunResult, recipe: Recipe, method_facts: dict[str, Any]
         lines.append(measure_note)
 
     if recipe.paper and recipe.paper.top1 is not None:
-        gap = result.best_top1 - recipe.paper.top1
-        lines += [
-            "",
-            f"Paper: {recipe.paper.top1:.2f}% ({recipe.paper.source or 'source not given'}); this run "
-            f"{result.best_top1:.2f}% ({gap:+.2f} points).",
-        ]
+        paper = recipe.paper
+        where = f" on {paper.dataset}" if paper.dataset else ""
+        if paper.measured_on(recipe.data.source):
+            gap = result.best_top1 - paper.top1
+            comparison = f"this run {result.best_top1:.2f}% ({gap:+.2f} points)."
+        else:
+            comparison = f"not compared: this run trained on {recipe.data.source}, another dataset."
+        lines += ["", f"Paper: {paper.top1:.2f}%{where} ({paper.source or 'source not given'}); {comparison}"]
+    if result.notes:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in result.notes]
     if method_facts:
         lines += ["", "## Method", ""] + [f"- {k}: {_fact(v)}" for k, v in method_facts.items()]
 
-    paper_top1 = recipe.paper.top1 if recipe.paper else None
+    paper_top1 = recipe.paper.top1 if recipe.paper and recipe.paper.measured_on(recipe.data.source) else None
     if plot_training_curves(result.history, run_dir / CURVES_FILE, result.teacher_top1, paper_top1):
         lines += ["", "## Training curves", "", f"![loss terms and top-1 per epoch]({CURVES_FILE})"]
     lines += [
