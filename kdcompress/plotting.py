@@ -104,3 +104,33 @@ def plot_probe(result: ProbeResult, path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save_figure(fig, path, dpi=120)
+
+
+def plot_leaderboard(board: dict[str, Any], path: Path) -> None:
+    """Best top-1 per method (mean, with the seed std as error bars), teacher and best ce as lines."""
+    rows = sorted(
+        (r for r in board["rows"] if r["best_top1_mean"] is not None), key=lambda r: r["best_top1_mean"]
+    )
+    fig = _figure(7.5, max(2.5, 0.45 * len(rows) + 1.5))
+    ax = fig.subplots()
+    names = [r["method"] for r in rows]
+    means = [r["best_top1_mean"] for r in rows]
+    stds = [r["best_top1_std"] or 0.0 for r in rows]
+    colours = ["tab:grey" if r["method"].startswith("ce") else "tab:blue" for r in rows]
+    ax.barh(names, means, xerr=stds, color=colours, capsize=3)
+    best_ce = next((r for r in rows if r["method"] == board.get("best_ce")), None)
+    if best_ce is not None:
+        ax.axvline(
+            best_ce["best_top1_mean"], color="black", linestyle="--", label=f"best ce ({best_ce['method']})"
+        )
+    teacher = board.get("teacher", {}).get("top1")
+    if teacher is not None:
+        ax.axvline(teacher, color="tab:red", linestyle=":", label=f"teacher {teacher:.2f}%")
+    if means:
+        low = min(m - s for m, s in zip(means, stds, strict=True))
+        high = max([m + s for m, s in zip(means, stds, strict=True)] + ([teacher] if teacher else []))
+        ax.set_xlim(max(0.0, low - 2), min(100.0, high + 1))
+    ax.set(xlabel="best val top-1 (%), mean over seeds", title="kdcompress compare")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize="small", loc="lower right")
+    save_figure(fig, path)

@@ -329,6 +329,35 @@ def _format_validation_error(exc: ValidationError, schema: type[BaseModel]) -> s
     return f"Recipe field '{where}': {first['msg']}{shown}{extra}."
 
 
+def command_flags(
+    *,
+    student: str | None = None,
+    student_init: str | None = None,
+    teacher: str | None = None,
+    teacher_weights: str | None = None,
+    method: str | None = None,
+    align: str | None = None,
+    data: str | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    device: str | None = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """The command-line flags of ``train`` / ``distill`` as a nested recipe fragment (None = not given).
+
+    One mapping for every caller (the CLI and ``compare``), so a run ``compare`` starts is exactly the run
+    its printed command line would start."""
+    return {
+        "student": {"arch": student, "init": student_init},
+        "teacher": {"arch": teacher, "weights": teacher_weights},
+        "method": {"name": method, "align": align},
+        "data": {"source": data},
+        "train": {"epochs": epochs, "batch_size": batch_size, "device": device, "seed": seed},
+        "optim": {"lr": lr},
+    }
+
+
 def build_recipe(
     recipe_file: str | Path | None = None,
     flags: dict[str, Any] | None = None,

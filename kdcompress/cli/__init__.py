@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from kdcompress.cli import bench, demo, evaluate, export, probe, recipes, training
+from kdcompress.cli import bench, compare, demo, evaluate, export, probe, recipes, training
 
 app = typer.Typer(
     name="kdcompress",
@@ -18,7 +18,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (demo, training, evaluate, export, recipes, probe, bench):
+for module in (demo, training, compare, evaluate, export, recipes, probe, bench):
     module.register(app)
 
 

@@ -113,19 +113,3 @@ ExtendOpt = Annotated[
     ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or per-epoch lines.")]
-
-
-def training_flags(
-    data: str | None,
-    epochs: int | None,
-    batch_size: int | None,
-    lr: float | None,
-    device: str | None,
-    seed: int | None,
-) -> dict[str, Any]:
-    """The shared training flags as a nested recipe fragment (None = not given)."""
-    return {
-        "data": {"source": data},
-        "train": {"epochs": epochs, "batch_size": batch_size, "device": device, "seed": seed},
-        "optim": {"lr": lr},
-    }

@@ -28,10 +28,9 @@ from kdcompress.cli.common import (
     console,
     err_console,
     guarded,
-    training_flags,
 )
 from kdcompress.errors import UserError
-from kdcompress.recipe import build_recipe, merge
+from kdcompress.recipe import build_recipe, command_flags
 from kdcompress.recipe_catalog import resolve_recipe_path
 
 
@@ -99,9 +98,16 @@ def register(app: typer.Typer) -> None:
         quiet: QuietOpt = False,
     ) -> None:
         """Train a model with plain cross-entropy: a teacher, or a from-scratch student baseline."""
-        flags = merge(
-            training_flags(data, epochs, batch_size, lr, device, seed),
-            {"student": {"arch": model, "init": init}, "method": {"name": "ce"}},
+        flags = command_flags(
+            student=model,
+            student_init=init,
+            method="ce",
+            data=data,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            device=device,
+            seed=seed,
         )
         _run(recipe, flags, set_, out, resume, quiet, extend)
 
@@ -146,12 +152,18 @@ def register(app: typer.Typer) -> None:
         quiet: QuietOpt = False,
     ) -> None:
         """Distill a student from a pretrained teacher with the chosen method."""
-        flags = merge(
-            training_flags(data, epochs, batch_size, lr, device, seed),
-            {
-                "teacher": {"arch": teacher, "weights": teacher_weights},
-                "student": {"arch": student, "init": student_init},
-                "method": {"name": method, "align": align},
-            },
+        flags = command_flags(
+            student=student,
+            student_init=student_init,
+            teacher=teacher,
+            teacher_weights=teacher_weights,
+            method=method,
+            align=align,
+            data=data,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            device=device,
+            seed=seed,
         )
         _run(recipe, flags, set_, out, resume, quiet, extend)

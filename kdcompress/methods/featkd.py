@@ -164,5 +164,7 @@ class FeatKD(Method):
         return facts
 
 
+register_alias("featkd-auto", "featkd", align="auto")
+register_alias("featkd-stages", "featkd", align="stages")
 register_alias("base-fkd", "featkd", align="stages", detach_head=False, w_kd=1.0)
 register_alias("featkd-ce", "featkd", align="auto", detach_head=False)

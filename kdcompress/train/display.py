@@ -22,34 +22,51 @@ from rich.progress import (
 )
 
 
-class RunDisplay:
-    """A two-line bar (the run, the current epoch) that the engine advances step by step."""
+def progress_bar(console: Console, enabled: bool = True) -> Progress:
+    """The toolkit's progress bar: description, bar, count, time elapsed and time left."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("elapsed"),
+        TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
+    )
+    return Progress(*columns, console=console, transient=True, disable=not enabled)
 
-    def __init__(self, console: Console, total_steps: int, enabled: bool) -> None:
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("elapsed"),
-            TimeElapsedColumn(),
-            TextColumn("left"),
-            TimeRemainingColumn(),
-        )
-        self.progress = Progress(*columns, console=console, transient=True, disable=not enabled)
+
+class RunDisplay:
+    """A two-line bar (the run, the current epoch) that the engine advances step by step.
+
+    ``shared``: a bar that is already live (``compare`` shows its overall task above every run's own);
+    the run's tasks are added to it and removed at the end, instead of starting a bar of its own (rich
+    allows one live display at a time)."""
+
+    def __init__(
+        self, console: Console, total_steps: int, enabled: bool, shared: Progress | None = None
+    ) -> None:
+        self.shared = shared is not None
+        self.progress = shared if shared is not None else progress_bar(console, enabled)
         self.total_steps = total_steps
         self.run_task: TaskID | None = None
         self.epoch_task: TaskID | None = None
         self.epoch = 0
 
     def __enter__(self) -> RunDisplay:
-        self.progress.__enter__()
+        if not self.shared:
+            self.progress.__enter__()
         self.run_task = self.progress.add_task("run", total=self.total_steps)
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.progress.__exit__(kind, exc, tb)
+        self.end_epoch()
+        if self.shared:
+            self.progress.remove_task(self.run_task)
+        else:
+            self.progress.__exit__(kind, exc, tb)
 
     def start_epoch(self, epoch: int, steps: int) -> None:
         self.epoch_task = self.progress.add_task(f"epoch {epoch}", total=steps)

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.progress import Progress
 from torch import nn
 
 from kdcompress import checkpoint
@@ -144,9 +145,16 @@ class Trainer:
     """Runs one recipe into one run folder."""
 
     def __init__(
-        self, prepared: Prepared, run_dir: Path, runtime: Runtime, console: Console, quiet: bool = False
+        self,
+        prepared: Prepared,
+        run_dir: Path,
+        runtime: Runtime,
+        console: Console,
+        quiet: bool = False,
+        shared_bar: Progress | None = None,
     ):
         self.prepared = prepared
+        self.shared_bar = shared_bar
         self.recipe = prepared.recipe
         self.run_dir = run_dir
         self.runtime = runtime
@@ -349,7 +357,7 @@ class Trainer:
         show_bar = runtime.is_main and not self.quiet and self.console.is_terminal
         steps = len(self.train_loader)
         remaining = max(0, epochs - self.start_epoch + 1) * steps
-        with RunDisplay(self.console, remaining, show_bar) as display:
+        with RunDisplay(self.console, remaining, show_bar, self.shared_bar) as display:
             for epoch in range(self.start_epoch, epochs + 1):
                 display.start_epoch(epoch, steps)
                 row: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
@@ -442,6 +450,7 @@ def run(
     console: Console | None = None,
     quiet: bool = False,
     extend: bool = False,
+    shared_bar: Progress | None = None,
 ) -> RunResult:
     """Train ``recipe`` into ``run_dir`` (the library entry point behind ``train`` and ``distill``).
 
@@ -464,7 +473,7 @@ def run(
     has_checkpoint = resume and checkpoint.last_dir(run_dir) is not None
     trainer = None
     try:
-        trainer = Trainer(prepared, run_dir, runtime, console, quiet)
+        trainer = Trainer(prepared, run_dir, runtime, console, quiet, shared_bar)
         if runtime.is_main:
             checkpoint.make_folder(run_dir)
         result = trainer.fit(has_checkpoint, extended_from)
