@@ -73,6 +73,14 @@ def make_folder(path: Path) -> None:
         raise (_as_user_error(exc, path) or exc) from None
 
 
+def cache_root() -> Path:
+    """Where reusable artefacts live (the demo teacher, probe results): $KDCOMPRESS_CACHE, else the
+    user cache folder."""
+    if "KDCOMPRESS_CACHE" in os.environ:
+        return Path(os.environ["KDCOMPRESS_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kdcompress"
+
+
 def _default_mode() -> int:
     """The mode a plain ``open()`` would give a new file (mkstemp's 0600 is wrong for shipped files)."""
     umask = os.umask(0)

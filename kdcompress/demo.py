@@ -42,13 +42,6 @@ class DemoRow:
     onnx_latency_ms: float | None = None
 
 
-def cache_root() -> Path:
-    """Where reusable artefacts (the demo teacher) live: $KDCOMPRESS_CACHE or the user cache dir."""
-    if "KDCOMPRESS_CACHE" in os.environ:
-        return Path(os.environ["KDCOMPRESS_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kdcompress"
-
-
 def teacher_recipe(epochs: int) -> Recipe:
     return validate_recipe(
         {
@@ -78,7 +71,7 @@ def cached_teacher(epochs: int, console: Console) -> Path:
     """Train the demo teacher once per recipe and keep it in the cache (a finished folder only)."""
     recipe = teacher_recipe(epochs)
     key = hashlib.sha256(recipe.to_yaml().encode()).hexdigest()[:12]
-    folder = cache_root() / "demo" / f"teacher-{TEACHER_ARCH}-{key}"
+    folder = checkpoint.cache_root() / "demo" / f"teacher-{TEACHER_ARCH}-{key}"
     if (folder / checkpoint.STUDENT_FILE).is_file() and (folder / checkpoint.CONFIG_FILE).is_file():
         console.print(f"teacher: reusing {folder}")
         return folder

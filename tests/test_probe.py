@@ -148,3 +148,29 @@ def test_probe_layers_user_errors_exit_2(runner, args, message):
     result = runner.invoke(app, ["probe-layers", *args, "--device", "cpu"])
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split()) and "Traceback" not in result.output
+
+
+def test_align_auto_probes_once_per_teacher_data_and_settings(monkeypatch):
+    import kdcompress.analysis.probe as probe_module
+    from kdcompress.data import load_data
+    from kdcompress.recipe import DataSpec
+
+    calls = []
+    original = probe_module.probe_layers
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["samples"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(probe_module, "probe_layers", counting)
+    torch.manual_seed(0)
+    teacher = timm.create_model("cifar_resnet8", num_classes=10, in_chans=1)
+    data = load_data(DataSpec(source="digits", train_limit=200))
+    first = probe_module.cached_probe(teacher, data, samples=60, top_k=2, device="cpu", show_progress=False)
+    again = probe_module.cached_probe(teacher, data, samples=60, top_k=2, device="cpu", show_progress=False)
+    assert calls == [60] and again.chosen == first.chosen and again.scores() == first.scores()
+    probe_module.cached_probe(teacher, data, samples=80, top_k=2, device="cpu", show_progress=False)
+    with torch.no_grad():
+        teacher.fc.weight.add_(1.0)  # other weights: another teacher
+    probe_module.cached_probe(teacher, data, samples=60, top_k=2, device="cpu", show_progress=False)
+    assert calls == [60, 80, 60]

@@ -26,6 +26,8 @@ Pipeline (:func:`probe_layers`):
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 import warnings
@@ -39,8 +41,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from kdcompress import quality
+from kdcompress import checkpoint, quality
 from kdcompress.data import DataBundle, Loader, load_data
+from kdcompress.data.sources import TensorSplit
 from kdcompress.errors import UserError
 from kdcompress.models.factory import build_from_spec
 from kdcompress.models.layers import Layer, candidate_layers, check_layer_names
@@ -96,6 +99,12 @@ class ProbeResult:
             "timings": self.timings,
             "rows": [asdict(row) for row in self.rows],
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProbeResult:
+        return cls(
+            [ProbeRow(**row) for row in data["rows"]], data["chosen"], data["settings"], data["timings"]
+        )
 
 
 def resolve_probe_device(spec: str | torch.device | None) -> torch.device:
@@ -399,4 +408,39 @@ def run_probe(recipe: ProbeRecipe, console: Console | None = None) -> ProbeResul
             "data": recipe.data.source,
         }
     )
+    return result
+
+
+def _fingerprint(model: nn.Module, data: DataBundle, settings: dict[str, Any]) -> str:
+    """A key that changes when anything the probe's result depends on changes: the teacher's weights,
+    the training images and labels, their format, and the probe's settings."""
+    digest = hashlib.sha256(type(model).__name__.encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    train = data.dataset.train
+    digest.update(train.labels.numpy().tobytes())
+    if isinstance(train, TensorSplit):
+        digest.update(train.images.numpy().tobytes())
+    else:
+        digest.update("\n".join(str(p) for p in train.paths).encode())
+    fmt = data.fmt
+    digest.update(json.dumps([fmt.channels, fmt.size, fmt.mean, fmt.std, data.decoding.crop_pct]).encode())
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    return digest.hexdigest()[:32]
+
+
+def cached_probe(model: nn.Module, data: DataBundle, **options: Any) -> ProbeResult:
+    """:func:`probe_layers`, reusing an earlier result for the same teacher, data and settings.
+
+    ``--align auto`` probes the teacher before every run, and a comparison trains the same teacher with
+    several seeds and methods: the probe (minutes on a CPU) is deterministic, so its result is kept in
+    the cache folder (:func:`kdcompress.checkpoint.cache_root`) and computed once.
+    """
+    settings = {k: v for k, v in options.items() if k in ("samples", "top_k", "layers", "max_dim", "seed")}
+    path = checkpoint.cache_root() / "probe" / f"{_fingerprint(model, data, settings)}.json"
+    if path.is_file():
+        return ProbeResult.from_dict(json.loads(path.read_text()))
+    result = probe_layers(model, data, **options)
+    checkpoint.write_json(path, result.to_dict())
     return result

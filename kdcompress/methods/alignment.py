@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 from torch import nn
 
-from kdcompress.analysis.probe import ProbeResult, probe_layers
+from kdcompress.analysis.probe import ProbeResult, cached_probe
 from kdcompress.errors import UserError
 from kdcompress.methods.base import MethodConfig
 from kdcompress.models.layers import (
@@ -133,7 +133,7 @@ def align_layers(
         if mode == "auto":
             if data is None:
                 raise UserError(f"--align auto for {method} needs the training data to probe the teacher.")
-            probe = probe_layers(
+            probe = cached_probe(
                 teacher, data, samples=probe_samples, top_k=k, device=probe_device, show_progress=True
             )
             t_names = probe.chosen
