@@ -201,6 +201,14 @@ def _check_method_overrides(methods: Sequence[str], overrides: Sequence[str]) ->
 
 def plan(request: CompareRequest) -> list[PlannedRun]:
     """Every run of the comparison: each method, plus ``ce`` under every family in use, for each seed."""
+    if request.base_recipe is not None:
+        from kdcompress.recipe import read_yaml
+
+        if "method" in read_yaml(request.base_recipe):
+            raise UserError(
+                f"--base-recipe '{request.base_recipe}' sets a method; compare sets one per run, so keep "
+                "only data / optim / schedule / train settings in it."
+            )
     methods = _check_methods(request.methods)
     _check_method_overrides(methods, request.overrides)
     distilled = [m for m in methods if m != "ce"]
