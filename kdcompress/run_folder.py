@@ -17,6 +17,7 @@ from torch import nn
 
 from kdcompress import checkpoint
 from kdcompress.data import DataBundle, load_data
+from kdcompress.deploy.onnx import OnnxRuntimeModel
 from kdcompress.errors import UserError
 from kdcompress.evaluate import evaluate, resolve_precision
 from kdcompress.models import build_model, load_weights
@@ -93,8 +94,6 @@ def load_trained(path: str | Path, role: str = "model") -> TrainedModel:
         raise UserError(f"'{folder}' has no config.json next to the weights; pass a kdcompress run folder.")
     config = json.loads(config_file.read_text())
     if weights.suffix == ".onnx":
-        from kdcompress.deploy.onnx import OnnxRuntimeModel  # deferred: onnxruntime only for ONNX files
-
         try:
             return TrainedModel(OnnxRuntimeModel(weights).eval(), config, weights)
         except Exception as exc:  # onnxruntime's own errors: a damaged or foreign file

@@ -36,7 +36,13 @@ from typing import Any
 
 from kdcompress import checkpoint
 from kdcompress.errors import UserError, did_you_mean
-from kdcompress.recipe import Recipe, build_recipe, command_flags
+from kdcompress.methods import ALIASES, METHODS
+from kdcompress.plotting import plot_leaderboard
+from kdcompress.recipe import Recipe, build_recipe, command_flags, read_yaml
+from kdcompress.run_folder import load_trained
+from kdcompress.train import engine
+from kdcompress.train.display import progress_bar
+from kdcompress.train.resume import plan_resume
 
 PLAN_FILE = "compare.json"
 #: ``--methods all``: every distillation method the toolkit ships, with its default options.
@@ -156,8 +162,6 @@ class PlannedRun:
 
 
 def _method_options(name: str) -> set[str]:
-    from kdcompress.methods import ALIASES, METHODS
-
     target = ALIASES.get(name, (name, {}))[0]
     return set(METHODS[target].Config.model_fields)
 
@@ -170,8 +174,6 @@ def _read_rows(folder: Path) -> list[dict[str, Any]]:
 
 
 def _check_methods(methods: Sequence[str]) -> tuple[str, ...]:
-    from kdcompress.methods import ALIASES, METHODS
-
     known = sorted({*METHODS, *ALIASES})
     chosen = (
         list(ALL_METHODS) if list(methods) == ["all"] else [m.strip().lower() for m in methods if m.strip()]
@@ -201,14 +203,11 @@ def _check_method_overrides(methods: Sequence[str], overrides: Sequence[str]) ->
 
 def plan(request: CompareRequest) -> list[PlannedRun]:
     """Every run of the comparison: each method, plus ``ce`` under every family in use, for each seed."""
-    if request.base_recipe is not None:
-        from kdcompress.recipe import read_yaml
-
-        if "method" in read_yaml(request.base_recipe):
-            raise UserError(
-                f"--base-recipe '{request.base_recipe}' sets a method; compare sets one per run, so keep "
-                "only data / optim / schedule / train settings in it."
-            )
+    if request.base_recipe is not None and "method" in read_yaml(request.base_recipe):
+        raise UserError(
+            f"--base-recipe '{request.base_recipe}' sets a method; compare sets one per run, so keep "
+            "only data / optim / schedule / train settings in it."
+        )
     methods = _check_methods(request.methods)
     _check_method_overrides(methods, request.overrides)
     distilled = [m for m in methods if m != "ce"]
@@ -343,8 +342,6 @@ def _gain(row: dict[str, Any], baseline: dict[str, Any] | None) -> float | None:
 def _student_params(runs: list[PlannedRun]) -> int | None:
     for run in runs:
         if run.status() == "done":
-            from kdcompress.run_folder import load_trained
-
             return sum(p.numel() for p in load_trained(run.folder).model.parameters())
     return None
 
@@ -415,8 +412,6 @@ def markdown(board: dict[str, Any]) -> str:
 
 def write_leaderboard(board: dict[str, Any], out: Path) -> dict[str, Path]:
     """``leaderboard.json`` / ``.md`` / ``.png`` in ``out``."""
-    from kdcompress.plotting import plot_leaderboard
-
     files = {"json": out / "leaderboard.json", "md": out / "leaderboard.md", "png": out / "leaderboard.png"}
     checkpoint.write_json(files["json"], board)
     checkpoint.write_text(files["md"], markdown(board))
@@ -435,10 +430,6 @@ def run_comparison(request: CompareRequest, console: Any) -> tuple[dict[str, Any
     A run that fails with a user error (a method that cannot distil this pair, say) is reported in the
     leaderboard and the comparison goes on; an interruption stops it, and the same command continues.
     """
-    from kdcompress.train import engine
-    from kdcompress.train.display import progress_bar
-    from kdcompress.train.resume import plan_resume
-
     runs = plan(request)
     record_budget(request)
     errors: dict[Path, str] = {}

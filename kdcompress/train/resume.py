@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kdcompress.errors import UserError
+from kdcompress.methods import ALIASES
 from kdcompress.models.factory import path_or_keyword
 from kdcompress.recipe import Recipe, read_yaml, validate_recipe
 
@@ -60,8 +61,6 @@ def _runtime(path: str) -> bool:
 
 def _normalised(data: dict[str, Any]) -> dict[str, Any]:
     """Weight paths absolute (as recorded) and method aliases spelled out, so equal requests compare equal."""
-    from kdcompress.methods import ALIASES
-
     data = {key: (dict(value) if isinstance(value, dict) else value) for key, value in data.items()}
     for role in ("student", "teacher"):
         if isinstance(data.get(role), dict):
