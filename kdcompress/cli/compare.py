@@ -13,7 +13,6 @@ from kdcompress.cli.common import (
     DataOpt,
     DeviceOpt,
     EpochsOpt,
-    OutOpt,
     SetOpt,
     TeacherOpt,
     TeacherWeightsOpt,
@@ -42,7 +41,12 @@ def register(app: typer.Typer) -> None:
         teacher_weights: TeacherWeightsOpt = None,
         student: Annotated[str | None, typer.Option("--student", help="Student architecture.")] = None,
         data: DataOpt = None,
-        out: OutOpt = None,
+        out: Annotated[
+            Path | None,
+            typer.Option(
+                "--out", help="Folder of the comparison (DIR/<method>/seed<k>/); re-running reuses it."
+            ),
+        ] = None,
         methods: Annotated[
             str,
             typer.Option(

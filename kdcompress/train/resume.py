@@ -89,7 +89,8 @@ def _shown(value: Any) -> str:
 
 def plan_resume(run_dir: Path, requested: Recipe, extend: bool = False) -> ResumePlan:
     """The recorded recipe with the request's runtime fields, or a UserError naming the first conflict."""
-    recorded = read_yaml(run_dir / RECIPE_FILE)
+    # Validated, so fields added to the schema after the run was recorded carry their defaults.
+    recorded = validate_recipe(read_yaml(run_dir / RECIPE_FILE)).model_dump(mode="json")
     old = _leaves(_normalised(recorded))
     new = _leaves(_normalised(_requested(requested)))
     conflicts = [
