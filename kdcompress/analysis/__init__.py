@@ -1,0 +1,1 @@
+"""Measurements: the knowledge-quality layer probe, ``bench`` (cost and speed) and ``compare``."""
