@@ -1,6 +1,7 @@
 """Every method on Fashion-MNIST against the strongest scratch baseline: a thin caller of `compare`.
 
-1. The teacher: ``cifar_resnet20`` trained by ``recipes/fashion-mnist/teacher.yaml`` (5,000 images).
+1. The teacher: ``cifar_resnet20`` trained by ``recipes/fashion-mnist/teacher.yaml`` on all 60,000
+   training images (on the students' 5,000 it stayed below the scratch student).
 2. The base recipe: ``ce`` (student ``cifar_resnet8``, seed 0) under each candidate in
    ``benchmarks/fmnist_bases/`` (SGD + cosine + crop/flip; AdamW + OneCycle without and with
    crop/flip), all on the same 5,000 training images, 10 epochs, batch 64, 5,000 test images. The
