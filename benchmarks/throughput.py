@@ -9,12 +9,16 @@ For each teacher -> student pair it times, in rounds, so machine noise hits ever
 nothing beyond the two passes it cannot avoid. Shared virtual machines drift by tens of percent over
 seconds, so the ratio is computed within each round (where the three timings are seconds apart, in a
 shuffled order) and the median over rounds is reported, with the interquartile range beside it. The
-``step_ms`` columns are medians over rounds. An end-to-end row runs the real loop (device loader +
-augmentation + step) for ``kd`` to give sustained images/s, and a ``kd+cache`` row times the step when
-every teacher output is already cached.
+``step_ms`` columns are medians over rounds. An end-to-end row runs the real loop for ``kd``
+(``Trainer.train_epoch``: device loader, augmentation, step, on-device sums, the periodic loss read) to
+give sustained images/s, and a ``kd+cache`` row times the step when every teacher output is already
+cached (the teacher cache on; the ``kd`` row is the same step with it off).
+
+The JSON file is rewritten after every pair, so a run cut short (``timeout``) keeps the pairs it finished.
 
 Usage: python benchmarks/throughput.py [--device cpu|cuda|auto] [--json FILE] [--rounds N]
        [--threads N] [--compile] [--compile-mode default|reduce-overhead|max-autotune]
+       [--pairs A,B] [--methods kd,dkd] [--batch N] [--steps N]
 """
 
 from __future__ import annotations
@@ -38,18 +42,26 @@ from kdcompress.methods import Progress
 from kdcompress.recipe import validate_recipe
 from kdcompress.runtime import setup_runtime
 from kdcompress.train import engine
+from kdcompress.train.display import RunDisplay
 
 PAIRS = {
     "resnet32x4->resnet8x4": dict(teacher="cifar_resnet32x4", student="cifar_resnet8x4", size=32, batch=64),
     "resnet50->resnet18@224": dict(teacher="resnet50", student="resnet18", size=224, batch=64),
 }
-METHODS = ["kd", "dkd", "sd-kd", "sd-dkd", "luminet"]
+METHODS = ["kd", "dkd", "nkd", "sd-kd", "sd-dkd", "luminet"]
 END_TO_END = "kd end-to-end"
 
 
 def make_trainer(
-    pair: dict, method: str, device: str, batch: int, compile_mode: str | None, cache: bool = False
+    pair: dict,
+    method: str,
+    device: str,
+    batch: int,
+    compile_mode: str | None,
+    cache: bool = False,
+    steps: int = 4,
 ) -> engine.Trainer:
+    """A trainer on synthetic data of ``steps`` batches (random weights: only speed is measured)."""
     train = {"device": device, "batch_size": batch, "epochs": 1, "teacher_cache": cache}
     if compile_mode:
         train |= {"compile": True, "compile_mode": compile_mode}
@@ -58,7 +70,7 @@ def make_trainer(
         "data": {
             "source": "synthetic:100",
             "image_size": pair["size"],
-            "train_limit": 4 * batch,
+            "train_limit": steps * batch,
             "val_limit": 16,
         },
         "method": {"name": method},
@@ -92,12 +104,31 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return q1, q2, q3
 
 
+def measure(
+    calls: dict[str, Callable[[], object]], dev: torch.device, args: argparse.Namespace, steps: int
+) -> dict[str, list[float]]:
+    """Per-call milliseconds of every call in every round (per step for the end-to-end epoch)."""
+    for _ in range(args.warmup):  # compile, autotune, allocator growth, and the teacher cache fill
+        for call in calls.values():
+            call()
+    samples: dict[str, list[float]] = {key: [] for key in calls}
+    order = list(calls)
+    shuffle = random.Random(0).shuffle
+    for _ in range(args.rounds):
+        shuffle(order)
+        for key in order:
+            per_call = timed(calls[key], dev, 1 if key == END_TO_END else args.iters)
+            samples[key].append(per_call / steps if key == END_TO_END else per_call)
+    return samples
+
+
 def bench_pair(name: str, pair: dict, args: argparse.Namespace, batch: int) -> list[dict]:
 
     def make(method: str, cache: bool = False) -> engine.Trainer:
-        return make_trainer(pair, method, args.device, batch, args.compile_mode, cache)
+        return make_trainer(pair, method, args.device, batch, args.compile_mode, cache, args.steps)
 
-    trainers = {"ce": make("ce")} | {method: make(method) for method in METHODS}
+    methods = args.methods.split(",")
+    trainers = {"ce": make("ce")} | {method: make(method) for method in methods}
     trainers["kd+cache"] = make("kd", cache=True)
     dev = trainers["ce"].runtime.device
     progress = Progress(epoch=30, step=0, steps_per_epoch=10)  # past every warm-up: full loss terms
@@ -112,25 +143,12 @@ def bench_pair(name: str, pair: dict, args: argparse.Namespace, batch: int) -> l
     for key, trainer in trainers.items():
         calls[key] = lambda t=trainer, b=batches[key]: t.train_step(b, progress)
 
-    def end_to_end() -> None:
-        for step, b in enumerate(kd.train_loader.batches(2)):
-            kd.train_step(b, Progress(2, step, len(kd.train_loader)))
-
-    calls[END_TO_END] = end_to_end
-    for _ in range(args.warmup):  # compile, autotune, allocator growth, and the teacher cache fill
-        for call in calls.values():
-            call()
-    samples: dict[str, list[float]] = {key: [] for key in calls}
-    order = list(calls)
-    shuffle = random.Random(0).shuffle
-    for _ in range(args.rounds):
-        shuffle(order)
-        for key in order:
-            per_call = timed(calls[key], dev, 1 if key == END_TO_END else args.iters)
-            samples[key].append(per_call / len(kd.train_loader) if key == END_TO_END else per_call)
+    with RunDisplay(Console(quiet=True), 0, enabled=False) as display:
+        calls[END_TO_END] = lambda: kd.train_epoch(2, display)
+        samples = measure(calls, dev, args, steps=len(kd.train_loader))
     baseline = [s + t for s, t in zip(samples["ce"], samples["teacher"], strict=True)]
     rows = []
-    for key in [*METHODS, "kd+cache", END_TO_END]:
+    for key in [*methods, "kd+cache", END_TO_END]:
         ratios = [step / base for step, base in zip(samples[key], baseline, strict=True)]
         low, ratio, high = quartiles(ratios)
         step_ms = statistics.median(samples[key])
@@ -177,18 +195,19 @@ def main() -> None:
     parser.add_argument("--compile", action="store_const", const="default", dest="compile_mode")
     parser.add_argument("--pairs", default=",".join(PAIRS), help="comma-separated pair names")
     parser.add_argument("--cpu-batch-224", type=int, default=16, help="batch for 224px pairs on CPU")
+    parser.add_argument("--batch", type=int, default=None, help="batch for every pair (a quick run)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated; kd is always run")
+    parser.add_argument("--steps", type=int, default=None, help="batches per epoch (16 on GPU, 4 on CPU)")
     args = parser.parse_args()
+    if "kd" not in args.methods.split(","):
+        args.methods = "kd," + args.methods  # the teacher forward and the end-to-end rows use kd's trainer
     if args.threads:
         torch.set_num_threads(args.threads)
     runtime = setup_runtime(args.device)
     on_gpu = runtime.device.type == "cuda"
     args.iters = args.iters or (20 if on_gpu else 1)
     args.warmup = args.warmup if args.warmup is not None else (3 if on_gpu else 1)
-    rows = []
-    for name in args.pairs.split(","):
-        pair = PAIRS[name]
-        batch = args.cpu_batch_224 if not on_gpu and pair["size"] >= 224 else pair["batch"]
-        rows += bench_pair(name, pair, args, batch)
+    args.steps = args.steps or (16 if on_gpu else 4)
     machine = {
         "device": torch.cuda.get_device_name() if on_gpu else platform.processor() or "cpu",
         "torch": torch.__version__,
@@ -196,10 +215,16 @@ def main() -> None:
         "compile_mode": args.compile_mode,
         "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
     print(f"machine: {machine}")
-    print(markdown(rows))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    for name in args.pairs.split(","):
+        pair = PAIRS[name]
+        batch = args.batch or (args.cpu_batch_224 if not on_gpu and pair["size"] >= 224 else pair["batch"])
+        pair_rows = bench_pair(name, pair, args, batch)
+        rows += pair_rows
+        args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+        print(markdown(pair_rows), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Where a run executes: device choice and torchrun process groups.
 
-torchrun sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; when they say there is more than one
-process we join a process group (NCCL on CUDA, gloo on CPU) and each process takes GPU ``LOCAL_RANK``.
+torchrun sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` (and ``MASTER_ADDR`` for the rendezvous); under
+it we join a process group (NCCL on CUDA, gloo on CPU) and each process takes GPU ``LOCAL_RANK``. That
+holds for a single process too: ``torchrun --nproc-per-node 1`` then runs exactly the code N processes
+run (DDP, the all-reduces), which is how one GPU checks the NCCL path.
 """
 
 from __future__ import annotations
@@ -21,14 +23,11 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    distributed: bool = False  # in a process group (DDP and all-reduces), even of one process
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
 
 
 def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
@@ -56,11 +55,12 @@ def setup_runtime(device_spec: str) -> Runtime:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_spec, local_rank)
-    if world_size > 1 and not dist.is_initialized():
+    launched = world_size > 1 or ("RANK" in os.environ and "MASTER_ADDR" in os.environ)
+    if launched and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Runtime(device, rank, world_size, local_rank)
+    return Runtime(device, rank, world_size, local_rank, distributed=launched)
 
 
 def all_reduce_sum(tensor: torch.Tensor, runtime: Runtime) -> torch.Tensor:

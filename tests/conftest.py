@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 from typer.testing import CliRunner
 
 from kdcompress.recipe import validate_recipe
+from kdcompress.runtime import Runtime, setup_runtime
 from kdcompress.train import engine
 
 TINY_DATA = {"source": "digits", "train_limit": 256, "val_limit": 128}
@@ -48,3 +50,28 @@ def teacher_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     recipe = validate_recipe(tiny_recipe("cifar_resnet14", train={"epochs": 4}, data={"train_limit": 512}))
     engine.run(recipe, out, quiet=True)
     return out
+
+
+def step_trainer(
+    teacher_run: Path,
+    out: Path,
+    method: str,
+    *,
+    steps: int,
+    batch: int = 32,
+    train: dict | None = None,
+    data: dict | None = None,
+    runtime: Runtime | None = None,
+) -> engine.Trainer:
+    """A trainer of ``method`` (cifar_resnet14 -> cifar_resnet8 on digits, ``steps`` steps an epoch) for
+    tests that drive ``train_step`` and ``train_epoch`` directly; those write nothing to ``out``."""
+    recipe = tiny_recipe(
+        "cifar_resnet8",
+        method,
+        teacher={"arch": "cifar_resnet14", "weights": str(teacher_run)},
+        train={"batch_size": batch, **(train or {})},
+        data={"train_limit": batch * steps, "val_limit": 32, **(data or {})},
+    )
+    prepared = engine.prepare(validate_recipe(recipe))
+    runtime = runtime or setup_runtime(prepared.recipe.train.device)
+    return engine.Trainer(prepared, out, runtime, Console(quiet=True), quiet=True)

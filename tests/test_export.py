@@ -235,3 +235,24 @@ def test_eval_and_bench_measure_the_onnx_files_that_ship(runner, int8_export):
     (folder / "broken.onnx").write_bytes(b"not onnx")
     broken = runner.invoke(app, ["eval", str(folder / "broken.onnx"), "--data", "digits"])
     assert broken.exit_code == 2 and "not an ONNX model onnxruntime can run" in broken.output
+
+
+def test_export_on_torch_without_the_dynamo_exporter(runner, teacher_run, tmp_path, monkeypatch):
+    """torch 2.4 and 2.5 (pyproject allows 2.4): the TorchScript exporter at opset 18 too, and no
+    ``dynamo`` argument, which their ``torch.onnx.export`` would refuse."""
+    from kdcompress.deploy import onnx as onnx_module
+
+    newer_export = torch.onnx.export
+
+    def old_export(*args, **kwargs):
+        new_arguments = {"dynamo", "dynamic_shapes", "external_data"} & set(kwargs)
+        if new_arguments:
+            raise TypeError(f"export() got unexpected keyword arguments {sorted(new_arguments)}")
+        return newer_export(*args, dynamo=False, **kwargs)  # what the old signature always ran
+
+    monkeypatch.setattr(onnx_module, "HAS_DYNAMO_EXPORTER", False)
+    monkeypatch.setattr(torch.onnx, "export", old_export)
+    out = tmp_path / "old-torch"
+    result = runner.invoke(app, ["export", str(teacher_run), "--format", "onnx", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert onnx_module.file_opset(out / "model.onnx") == 18 and "on real inputs: max |diff|" in result.output

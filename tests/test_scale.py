@@ -144,3 +144,41 @@ def test_compiled_distill_steps_match_eager(tmp_path, teacher_run):
         strict=True,
     ):
         torch.testing.assert_close(w_compiled, w_eager, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_one_torchrun_process_runs_the_ddp_code_path(tmp_path, teacher_run, monkeypatch):
+    """Under torchrun a single process still joins a process group and trains through DDP, so
+    ``torchrun --nproc-per-node 1`` on one GPU checks NCCL; its steps equal a plain process's."""
+    import socket
+
+    import torch.distributed as dist
+
+    from kdcompress.methods import Progress
+    from kdcompress.runtime import all_reduce_sum, setup_runtime
+    from tests.conftest import step_trainer
+
+    plain = setup_runtime("cpu")
+    assert not plain.distributed and not dist.is_initialized()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launch = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+    for key, value in {**launch, "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(key, value)
+    try:
+        runtime = setup_runtime("cpu")
+        assert runtime.distributed and dist.get_backend() == "gloo" and dist.get_world_size() == 1
+        assert all_reduce_sum(torch.ones(2), runtime).tolist() == [1.0, 1.0]
+        trainers = [
+            step_trainer(teacher_run, tmp_path / str(i), "kd", steps=2, runtime=r)
+            for i, r in enumerate((plain, runtime))
+        ]
+        assert isinstance(trainers[1].step_model, torch.nn.parallel.DistributedDataParallel)
+        for trainer in trainers:
+            for step, batch in enumerate(trainer.train_loader.batches(1)):
+                trainer.train_step(batch, Progress(1, step, 2))
+    finally:
+        dist.destroy_process_group()
+    alone, ddp = (t.prepared.student.state_dict() for t in trainers)
+    for key in alone:
+        torch.testing.assert_close(ddp[key], alone[key], rtol=1e-5, atol=1e-6)

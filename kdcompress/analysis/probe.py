@@ -220,7 +220,7 @@ def _quality(features: torch.Tensor, labels: torch.Tensor, n_train: int, device:
     if device.type != "cpu":
         try:
             return quality.knowledge_quality(features.to(device), labels.to(device), n_train=n_train)
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError, spelled as torch < 2.5 knows it
             torch.cuda.empty_cache()
     return quality.knowledge_quality(features, labels, n_train=n_train)
 

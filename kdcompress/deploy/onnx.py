@@ -3,9 +3,9 @@
 The exporter writes one self-contained file (no external data) with a dynamic batch axis named
 ``batch``, at exactly the opset asked for: torch's dynamo exporter for opset 18 and later (it works at
 18 and converts upwards), the TorchScript exporter below 18 (the dynamo exporter's down-conversion
-fails for common graphs and then silently keeps 18). A file is only trusted once its opset is the one
-asked for and onnxruntime reproduces PyTorch's logits within :data:`ONNX_TOLERANCE`; every file is
-written under a temporary name and renamed into place.
+fails for common graphs and then silently keeps 18) and at every opset on torch older than 2.6. A file
+is only trusted once its opset is the one asked for and onnxruntime reproduces PyTorch's logits within
+:data:`ONNX_TOLERANCE`; every file is written under a temporary name and renamed into place.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ class VerificationError(UserError):
 
 
 DYNAMO_MIN_OPSET = 18  # the dynamo exporter's native opset
+#: ``torch.onnx.export(dynamo=True)`` (the torch.export-based exporter) arrived in torch 2.6; older torch
+#: has the TorchScript exporter only, whose ``export`` takes no ``dynamo`` argument at all.
+HAS_DYNAMO_EXPORTER = torch.__version__ >= "2.6"
 
 
 def max_opset() -> int:
@@ -58,7 +61,7 @@ def export_onnx(model: nn.Module, input_size: tuple[int, int, int], path: Path, 
 
     def write(tmp: Path) -> None:
         common = {"input_names": ["input"], "output_names": ["logits"], "opset_version": opset}
-        if opset >= DYNAMO_MIN_OPSET:
+        if opset >= DYNAMO_MIN_OPSET and HAS_DYNAMO_EXPORTER:
             batch = torch.export.Dim("batch")
             torch.onnx.export(
                 model,
@@ -71,8 +74,9 @@ def export_onnx(model: nn.Module, input_size: tuple[int, int, int], path: Path, 
                 **common,
             )
         else:
+            legacy = {"dynamo": False} if HAS_DYNAMO_EXPORTER else {}  # newer torch defaults to dynamo
             torch.onnx.export(
-                model, (example,), str(tmp), dynamic_axes={"input": {0: "batch"}}, dynamo=False, **common
+                model, (example,), str(tmp), dynamic_axes={"input": {0: "batch"}}, **legacy, **common
             )
         written = file_opset(tmp)
         if written != opset:
