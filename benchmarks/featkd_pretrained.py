@@ -19,6 +19,7 @@ Writes ``benchmarks/results/featkd_pretrained.json``: a list of rows ``{"run", "
 re-running only does what is missing.
 
 Usage: python benchmarks/featkd_pretrained.py [--out runs/featkd-pretrained] [--seeds 0,1,2]
+       [--rates 0.002,0.005,0.01] [--methods ce,kd,...]
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TEACHER = Path("runs/pretrained/teacher-finetuned")
 METHODS = "ce,kd,base-fkd,featkd-stages,featkd-auto,featkd-ce,sd-dkd"
-RATES = ("0.002", "0.005", "0.01")
+RATES = "0.002,0.005,0.01"
 NAMES = {"featkd-ce": "ours-ce"}
 
 
@@ -51,15 +52,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/featkd-pretrained"))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--teacher", type=Path, default=TEACHER)
+    parser.add_argument("--rates", default=RATES, help="sweep rates (fewer on a CPU)")
+    parser.add_argument("--methods", default=METHODS)
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/featkd_pretrained.json")
     args = parser.parse_args()
-    sweep = {lr: compare(args.out / f"lr{lr}", "ce,featkd-auto", "0", lr, args.teacher) for lr in RATES}
+    rates = [lr.strip() for lr in args.rates.split(",") if lr.strip()]
+    sweep = {lr: compare(args.out / f"lr{lr}", "ce,featkd-auto", "0", lr, args.teacher) for lr in rates}
 
     def top1(board: dict, method: str) -> float:
         return next(r["best_top1_mean"] for r in board["rows"] if r["method"] == method)
 
-    best_lr = max(RATES, key=lambda lr: top1(sweep[lr], "ce"))
-    board = compare(args.out / f"lr{best_lr}", METHODS, args.seeds, best_lr, args.teacher)
+    best_lr = max(rates, key=lambda lr: top1(sweep[lr], "ce"))
+    board = compare(args.out / f"lr{best_lr}", args.methods, args.seeds, best_lr, args.teacher)
     rows = [
         {"run": NAMES.get(r["method"], r["method"]), **{k: v for k, v in r.items() if k != "method"}}
         for r in board["rows"]
@@ -71,7 +75,7 @@ def main() -> None:
         row["teacher_top1"] = board["teacher"]["top1"]
     sweep_rows = [
         {"lr": float(lr), "ce": top1(sweep[lr], "ce"), "featkd-auto": top1(sweep[lr], "featkd-auto")}
-        for lr in RATES
+        for lr in rates
     ]
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(rows, indent=2) + "\n")

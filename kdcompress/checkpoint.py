@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from kdcompress.errors import UserError
+from kdcompress.errors import DiskFull, UserError
 
 STUDENT_FILE = "student.safetensors"  # the trained model in a run folder
 EXPORT_WEIGHTS = "model.safetensors"  # the trained model in an export folder (timm's local-dir name)
@@ -54,9 +54,8 @@ def _as_user_error(exc: BaseException, path: Path) -> UserError | None:
     code = getattr(exc, "errno", None)
     text = str(exc)
     if code == errno.ENOSPC or "No space left" in text:
-        return UserError(
-            f"The disk is full: writing '{path}' failed; free some space (the previous checkpoint is kept) "
-            "and continue with --resume."
+        return DiskFull(
+            f"The disk is full: writing '{path}' failed; free some space and run the command again."
         )
     if code == errno.EROFS or "Read-only file system" in text:
         return UserError(f"Cannot write '{path}': the file system is read-only; choose another --out.")
@@ -161,8 +160,7 @@ def remove_leftovers(run_dir: Path) -> int:
     ``last.old`` next to a complete ``last/``); returns the bytes freed. Safe: only rank 0 writes."""
     freed = 0
     for item in run_dir.iterdir() if run_dir.is_dir() else []:
-        stale_old = item.name == LAST_DIR + ".old" and last_dir(run_dir) == run_dir / LAST_DIR
-        if not (item.name.startswith(".") and item.name.count(".") >= 2) and not stale_old:
+        if not _is_leftover(item):
             continue
         if item.is_dir():
             freed += sum(f.stat().st_size for f in item.rglob("*") if f.is_file())
@@ -171,6 +169,17 @@ def remove_leftovers(run_dir: Path) -> int:
             freed += item.stat().st_size
             item.unlink(missing_ok=True)
     return freed
+
+
+def _is_leftover(item: Path) -> bool:
+    stale_old = item.name == LAST_DIR + ".old" and last_dir(item.parent) == item.parent / LAST_DIR
+    return (item.name.startswith(".") and item.name.count(".") >= 2) or stale_old
+
+
+def holds_only_leftovers(run_dir: Path) -> bool:
+    """Whether a folder holds nothing a user keeps: empty, or only what killed writes left behind (a run
+    killed inside its very first write, before its recipe.yaml existed)."""
+    return run_dir.is_dir() and all(_is_leftover(item) for item in run_dir.iterdir())
 
 
 def last_dir(run_dir: Path) -> Path | None:

@@ -15,6 +15,11 @@ class UserError(Exception):
     """A problem with the user's input, phrased as one sentence that says what to do."""
 
 
+class DiskFull(UserError):
+    """A write failed for lack of space. Only the caller knows what survived (a training run adds whether
+    its last checkpoint is kept), so the sentence says that part when it is re-raised."""
+
+
 def did_you_mean(name: str, choices: Iterable[str], limit: int = 3) -> str:
     """A ' Did you mean ...?' suffix for unknown names, or '' when nothing is close."""
     close = difflib.get_close_matches(name, list(choices), n=limit, cutoff=0.6)

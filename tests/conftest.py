@@ -19,8 +19,10 @@ TINY_TRAIN = {"device": "cpu", "batch_size": 64, "epochs": 1, "seed": 0}
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Keep every test's caches out of the user's home and the thread count predictable."""
+    """Keep every test's caches out of the user's home and the thread count predictable (the same in
+    the subprocesses a test starts: a different count changes float sums, and resume tests compare bits)."""
     monkeypatch.setenv("KDCOMPRESS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
     torch.set_num_threads(2)
 
 

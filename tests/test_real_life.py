@@ -160,6 +160,7 @@ def test_sigkill_inside_checkpoint_writes_resumes_bit_identically(tmp_path, monk
         return [i for i, w in enumerate(writes, start=1) if w == name][n]
 
     points = [
+        1,  # the run's first write (its recipe.yaml): nothing of the run exists yet
         nth("student.safetensors", 0),  # epoch 1's best student: no checkpoint exists yet
         nth("state.pt", 0),  # epoch 1's resume state, inside the new last/ folder
         nth("last", 1),  # epoch 2's swap of last/: between its two renames
@@ -203,6 +204,22 @@ def test_a_run_killed_in_epoch_1_is_no_dead_end(runner, tmp_path):
     resumed = runner.invoke(app, ["train", "--out", str(out), "--resume", "-q"])
     assert resumed.exit_code == 0, resumed.output
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_a_run_killed_in_its_first_write_can_simply_be_run_again(runner, tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-c", KILL_SCRIPT, str(out)],
+        env={**os.environ, checkpoint.KILL_AT_WRITE_ENV: "1"},
+        capture_output=True,
+    )
+    assert done.returncode == -signal.SIGKILL and not (out / "recipe.yaml").exists()
+    assert [p.name for p in out.iterdir()]  # the killed write's temporary file
+    again = runner.invoke(
+        app, ["train", "--model", "cifar_resnet8", "--out", str(out), *TINY, "--epochs", "1", "-q"]
+    )
+    assert again.exit_code == 0, again.output
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 
 
 def test_ctrl_c_says_what_was_kept(runner, tmp_path, monkeypatch):
@@ -274,7 +291,7 @@ def test_full_disk_keeps_the_previous_checkpoint(runner, tmp_path, monkeypatch):
     assert (
         result.exit_code == 2
         and "The disk is full" in result.output
-        and "previous checkpoint is kept" in result.output
+        and "the last completed epoch is kept" in result.output
     )
     after = checkpoint.load_tensors(out / "last" / "student.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -282,6 +299,23 @@ def test_full_disk_keeps_the_previous_checkpoint(runner, tmp_path, monkeypatch):
     monkeypatch.undo()
     again = runner.invoke(app, ["train", "--out", str(out), "--resume", "--epochs", "2", "--extend", "-q"])
     assert again.exit_code == 0, again.output
+    assert "Extended from 1 to 2 epochs" in (out / "report.md").read_text()  # the failed try is no loss
+
+
+def test_full_disk_before_the_first_checkpoint_says_nothing_was_kept(runner, tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    out = tmp_path / "run"
+    result = train(runner, out, "--epochs", "1")
+    assert result.exit_code == 2 and "nothing was kept" in result.output and "--resume" not in result.output
+    assert not out.exists()
+
+
+def test_resume_of_a_missing_folder_says_there_is_nothing_to_resume(runner, tmp_path):
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "nope"), "--resume", "-q"])
+    assert result.exit_code == 2 and "There is nothing to resume" in result.output
 
 
 # ---- meaningless results are warned about ---------------------------------------------------------

@@ -33,6 +33,7 @@ def guarded(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        shown_before = warnings.showwarning
         warnings.showwarning = _show_warning
         try:
             return command(*args, **kwargs)
@@ -43,6 +44,8 @@ def guarded(command: F) -> F:
             # A run says what it kept (RunInterrupted); anything else was simply stopped.
             err_console.print(f"[yellow]{exc or 'interrupted.'}[/]", highlight=False, soft_wrap=True)
             sys.exit(130)
+        finally:
+            warnings.showwarning = shown_before
 
     return wrapper  # type: ignore[return-value]
 

@@ -54,12 +54,15 @@ def _run(
     quiet: bool,
     extend: bool = False,
 ) -> None:
+    from kdcompress import checkpoint
     from kdcompress.train import engine
 
     if out is None:
         raise UserError("Say where the run goes with --out DIR.")
     if extend and not resume:
         raise UserError("--extend lengthens a recorded run; use it with --resume.")
+    if resume and not (out / "recipe.yaml").is_file() and not checkpoint.holds_only_leftovers(out):
+        engine.check_run_dir(out, resume)  # "nothing to resume", before the flags are judged
     if recipe_file is not None:
         recipe_file = resolve_recipe_path(recipe_file)
     elif resume and (out / "recipe.yaml").is_file():

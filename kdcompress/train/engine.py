@@ -29,7 +29,7 @@ from torch import nn
 
 from kdcompress import checkpoint
 from kdcompress.data import Batch
-from kdcompress.errors import UserError
+from kdcompress.errors import DiskFull, UserError
 from kdcompress.evaluate import autocast_for, evaluate, resolve_precision
 from kdcompress.methods import Progress as StepProgress
 from kdcompress.models import count_parameters
@@ -117,6 +117,7 @@ class Trainer:
         self.teacher_cache = self._build_teacher_cache()
         self.history: list[dict[str, Any]] = []
         self.notes: list[str] = []
+        self.checkpoint_epochs: int | None = None  # the run length its resume checkpoint was made for
         self.start_epoch = 1
         self.best_top1 = -1.0
         self.best_epoch = 0
@@ -163,6 +164,7 @@ class Trainer:
         self.teacher_top1 = state["teacher_top1"]
         self.history = state["history"]
         self.notes = list(state.get("notes", []))
+        self.checkpoint_epochs = state.get("epochs")
         if self.runtime.is_main:
             self._write_metrics_file()
 
@@ -239,13 +241,17 @@ class Trainer:
         ``extended_from``: the epoch count the run was recorded with, when a resume extends it; the
         rewritten ``recipe.yaml`` and a note in the report say so."""
         runtime = self.runtime
+        epochs = self.recipe.train.epochs
         if resume:
             self.load_resume_state()
+            # An --extend that failed before its first checkpoint already rewrote recipe.yaml; the
+            # checkpoint still knows the shorter length, so the report's note is not lost.
+            if extended_from is None and (self.checkpoint_epochs or epochs) < epochs:
+                extended_from = self.checkpoint_epochs
         elif self.prepared.teacher is not None:
             self.teacher_top1 = evaluate(self.prepared.teacher, self.val_loader, runtime, self.precision)[
                 "top1"
             ]
-        epochs = self.recipe.train.epochs
         if extended_from is not None:
             lr = self.optimizer.param_groups[0]["lr"]
             self.notes.append(
@@ -304,6 +310,7 @@ class Trainer:
         method_extra = {k: v for k, v in self.method.state_dict().items() if not k.startswith("student.")}
         state = {
             "epoch": epoch,
+            "epochs": self.recipe.train.epochs,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -329,6 +336,16 @@ class Trainer:
         )
 
 
+def disk_full_message(exc: DiskFull, run_dir: Path, kept: bool) -> str:
+    """What a full disk means for this run: continue it, or (nothing kept) start it again."""
+    failed = str(exc).split(";")[0]
+    if kept:
+        return f"{failed}; the last completed epoch is kept: free some space and continue with --resume."
+    return (
+        f"{failed} before the run completed an epoch, so nothing was kept: free some space and run it again."
+    )
+
+
 def check_run_dir(run_dir: Path, resume: bool) -> None:
     """Refuse to mix a new run into an existing one; refuse to resume what is not a run."""
     if run_dir.exists() and not run_dir.is_dir():
@@ -338,7 +355,7 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
             raise UserError(
                 f"There is nothing to resume in '{run_dir}' (no recipe.yaml: it holds no kdcompress run)."
             )
-    elif run_dir.exists() and any(run_dir.iterdir()):
+    elif run_dir.exists() and not checkpoint.holds_only_leftovers(run_dir):
         started = (run_dir / RECIPE_FILE).is_file() and checkpoint.last_dir(run_dir) is None
         hint = " (it has no completed epoch, so --resume starts it over)" if started else ""
         raise UserError(
@@ -363,14 +380,21 @@ def run(
     """
     console = console or Console(stderr=True)
     runtime = setup_runtime(recipe.train.device)
+    if resume and not (run_dir / RECIPE_FILE).is_file() and checkpoint.holds_only_leftovers(run_dir):
+        # Killed inside its first write: nothing of the run was kept, so resuming is starting over.
+        resume = False
+        if runtime.is_main and not quiet:
+            console.print(
+                f"Nothing of the run in '{run_dir}' was kept (it stopped in its first write): starting over."
+            )
     if runtime.is_main:
         check_run_dir(run_dir, resume)
     extended_from = None
     if resume:
         plan = plan_resume(run_dir, recipe, extend)
         recipe, extended_from = plan.recipe, plan.extended_from
-        if runtime.is_main:
-            checkpoint.remove_leftovers(run_dir)
+    if runtime.is_main:
+        checkpoint.remove_leftovers(run_dir)
     prepared = prepare(recipe)
     created = not run_dir.exists()
     has_checkpoint = resume and checkpoint.last_dir(run_dir) is not None
@@ -388,6 +412,8 @@ def run(
         if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, RunInterrupted):
             done = len(trainer.history) if trainer is not None else 0
             raise RunInterrupted(run_dir, done, recipe.train.epochs, kept) from None
+        if isinstance(exc, DiskFull):
+            raise DiskFull(disk_full_message(exc, run_dir, kept)) from None
         raise
     if runtime.is_main:
         write_report(result, prepared.recipe, prepared.method.extra_state_for_report())
