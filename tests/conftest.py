@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,12 +19,28 @@ TINY_DATA = {"source": "digits", "train_limit": 256, "val_limit": 128}
 TINY_TRAIN = {"device": "cpu", "batch_size": 64, "epochs": 1, "seed": 0}
 
 
+@contextmanager
+def ctrl_c_at_epoch(epoch: int) -> Iterator[None]:
+    """Inside the block, a run is interrupted (KeyboardInterrupt, as from Ctrl-C) as ``epoch`` starts:
+    a crash at a chosen moment, with everything before it checkpointed normally."""
+    original = engine.Trainer.train_epoch
+
+    def train_epoch(self: engine.Trainer, current: int, display: object) -> dict:
+        if current == epoch:
+            raise KeyboardInterrupt
+        return original(self, current, display)
+
+    engine.Trainer.train_epoch = train_epoch  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        engine.Trainer.train_epoch = original  # type: ignore[method-assign]
+
+
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Keep every test's caches out of the user's home and the thread count predictable (the same in
-    the subprocesses a test starts: a different count changes float sums, and resume tests compare bits)."""
+    """Keep every test's caches out of the user's home and the thread count predictable."""
     monkeypatch.setenv("KDCOMPRESS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")
     torch.set_num_threads(2)
 
 

@@ -25,7 +25,7 @@ from kdcompress.models.factory import build_from_spec
 from kdcompress.recipe import ModelSpec, TeacherSpec, validate_recipe
 from kdcompress.train import engine
 from kdcompress.train.schedule import build_optimizer
-from tests.conftest import TINY_DATA, tiny_recipe
+from tests.conftest import TINY_DATA, ctrl_c_at_epoch, tiny_recipe
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
@@ -178,7 +178,7 @@ def test_no_silent_random_weights(runner, tmp_path):
     assert result.exit_code == 2 and "The teacher has no weights" in result.output
 
 
-def test_fine_tuning_lrs_per_group_and_across_resume(tmp_path, imagenet_like_file, monkeypatch):
+def test_fine_tuning_lrs_per_group_and_across_resume(tmp_path, imagenet_like_file):
     path, _ = imagenet_like_file
     sections = {
         "student": {"arch": "test_resnet", "init": str(path)},
@@ -197,17 +197,8 @@ def test_fine_tuning_lrs_per_group_and_across_resume(tmp_path, imagenet_like_fil
     fc = {id(p) for p in prepared.student.get_classifier().parameters()}
     assert {id(p) for p in head["params"]} == fc
 
-    original = engine.Trainer.train_epoch
-
-    def crash_in_epoch_3(self, epoch, display):
-        if epoch == 3:
-            raise KeyboardInterrupt
-        return original(self, epoch, display)
-
-    monkeypatch.setattr(engine.Trainer, "train_epoch", crash_in_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
+    with ctrl_c_at_epoch(3), pytest.raises(KeyboardInterrupt):
         engine.run(recipe, tmp_path / "run", quiet=True)
-    monkeypatch.setattr(engine.Trainer, "train_epoch", original)
     result = engine.run(recipe, tmp_path / "run", resume=True, quiet=True)
     rows = result.history
     assert [r["lr"] for r in rows] == pytest.approx([0.1, 0.1, 0.1])

@@ -24,7 +24,7 @@ from kdcompress import checkpoint
 from kdcompress.cli import app
 from kdcompress.recipe import validate_recipe
 from kdcompress.train import engine
-from tests.conftest import tiny_recipe
+from tests.conftest import ctrl_c_at_epoch, tiny_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--data", "digits", "--set", "data.train_limit=256", "--set", "data.val_limit=128", "--quiet"]
@@ -124,8 +124,10 @@ KILL_SCRIPT = textwrap.dedent(
     import sys
     from pathlib import Path
     sys.path.insert(0, {root!r})
+    import torch
     from tests.conftest import tiny_recipe
     from kdcompress.recipe import validate_recipe
+    torch.set_num_threads(2)  # as conftest sets it in the test process: the same float sums
     from kdcompress.train import engine
     engine.run(validate_recipe(tiny_recipe(train={{"epochs": 3}})), Path(sys.argv[1]), quiet=True)
     """
@@ -222,23 +224,13 @@ def test_a_run_killed_in_its_first_write_can_simply_be_run_again(runner, tmp_pat
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 
 
-def test_ctrl_c_says_what_was_kept(runner, tmp_path, monkeypatch):
-    original = engine.Trainer.train_epoch
-
-    def interrupt_at(epoch_to_stop: int):
-        def train_epoch(self, epoch, display):
-            if epoch == epoch_to_stop:
-                raise KeyboardInterrupt
-            return original(self, epoch, display)
-
-        return train_epoch
-
-    monkeypatch.setattr(engine.Trainer, "train_epoch", interrupt_at(1))
-    result = train(runner, tmp_path / "first", "--epochs", "3")
+def test_ctrl_c_says_what_was_kept(runner, tmp_path):
+    with ctrl_c_at_epoch(1):
+        result = train(runner, tmp_path / "first", "--epochs", "3")
     assert result.exit_code == 130 and "before the first epoch finished; nothing was kept" in result.output
     assert not (tmp_path / "first").exists()
-    monkeypatch.setattr(engine.Trainer, "train_epoch", interrupt_at(2))
-    result = train(runner, tmp_path / "second", "--epochs", "3")
+    with ctrl_c_at_epoch(2):
+        result = train(runner, tmp_path / "second", "--epochs", "3")
     assert result.exit_code == 130 and "epochs 1-1 of 3 are kept" in result.output
     assert "--resume" in result.output
 

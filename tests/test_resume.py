@@ -8,7 +8,7 @@ import torch
 from kdcompress import checkpoint
 from kdcompress.recipe import validate_recipe
 from kdcompress.train import engine
-from tests.conftest import tiny_recipe
+from tests.conftest import ctrl_c_at_epoch, tiny_recipe
 
 
 def final_weights(run_dir):
@@ -16,25 +16,16 @@ def final_weights(run_dir):
 
 
 @pytest.mark.parametrize("method", ["ce", "kd"])
-def test_resume_after_interruption_matches_uninterrupted(tmp_path, monkeypatch, teacher_run, method):
+def test_resume_after_interruption_matches_uninterrupted(tmp_path, teacher_run, method):
     sections = {"train": {"epochs": 3}, "data": {"augment": "crop_flip"}, "schedule": {"name": "cosine"}}
     if method == "kd":
         sections["teacher"] = {"arch": "cifar_resnet14", "weights": str(teacher_run)}
     recipe = validate_recipe(tiny_recipe("cifar_resnet8", method, **sections))
     engine.run(recipe, tmp_path / "full", quiet=True)
 
-    original = engine.Trainer.train_epoch
-
-    def crash_in_epoch_3(self, epoch, display):
-        if epoch == 3:
-            raise KeyboardInterrupt
-        return original(self, epoch, display)
-
-    monkeypatch.setattr(engine.Trainer, "train_epoch", crash_in_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
+    with ctrl_c_at_epoch(3), pytest.raises(KeyboardInterrupt):
         engine.run(recipe, tmp_path / "cut", quiet=True)
     assert checkpoint.last_dir(tmp_path / "cut") is not None  # epochs 1-2 survived the crash
-    monkeypatch.setattr(engine.Trainer, "train_epoch", original)
     result = engine.run(recipe, tmp_path / "cut", resume=True, quiet=True)
 
     full, resumed = final_weights(tmp_path / "full"), final_weights(tmp_path / "cut")
