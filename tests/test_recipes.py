@@ -146,8 +146,8 @@ def test_fashion_mnist_recipes_share_one_budget():
     for name in FMNIST_RECIPES:
         recipe = validate_recipe(read_yaml(resolve_recipe_path(name)))
         assert recipe.data.source == "fashion-mnist" and recipe.data.train_limit == 5000
-        assert (recipe.train.epochs, recipe.train.batch_size, recipe.optim.lr) == (8, 64, 0.05)
-        assert recipe.schedule.name == "cosine"
+        assert (recipe.train.epochs, recipe.train.batch_size, recipe.optim.lr) == (10, 64, 0.002)
+        assert (recipe.optim.name, recipe.schedule.name, recipe.data.augment) == ("adamw", "onecycle", "none")
         assert (recipe.teacher.arch, recipe.teacher.weights, recipe.student.arch) == (
             "cifar_resnet20", "runs/fmnist/teacher", "cifar_resnet8",
         )  # fmt: skip
