@@ -190,14 +190,16 @@ def test_sigkill_inside_checkpoint_writes_resumes_bit_identically(tmp_path, monk
         assert [json.loads(r)["epoch"] for r in rows] == [1, 2, 3], point
 
 
+def killed_at_write(out: Path, write: int) -> bool:
+    """Run the tiny 3-epoch run into ``out`` and kill it (SIGKILL) inside its ``write``-th atomic write."""
+    env = {**os.environ, checkpoint.KILL_AT_WRITE_ENV: str(write)}
+    done = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(out)], env=env, capture_output=True)
+    return done.returncode == -signal.SIGKILL
+
+
 def test_a_run_killed_in_epoch_1_is_no_dead_end(runner, tmp_path):
     out = tmp_path / "run"
-    done = subprocess.run(
-        [sys.executable, "-c", KILL_SCRIPT, str(out)],
-        env={**os.environ, checkpoint.KILL_AT_WRITE_ENV: "3"},
-        capture_output=True,
-    )
-    assert done.returncode == -signal.SIGKILL and (out / "recipe.yaml").is_file()
+    assert killed_at_write(out, 3) and (out / "recipe.yaml").is_file()
     assert checkpoint.last_dir(out) is None
     again = runner.invoke(
         app, ["train", "--model", "cifar_resnet8", "--out", str(out), *TINY, "--epochs", "3"]
@@ -210,12 +212,7 @@ def test_a_run_killed_in_epoch_1_is_no_dead_end(runner, tmp_path):
 
 def test_a_run_killed_in_its_first_write_can_simply_be_run_again(runner, tmp_path):
     out = tmp_path / "run"
-    done = subprocess.run(
-        [sys.executable, "-c", KILL_SCRIPT, str(out)],
-        env={**os.environ, checkpoint.KILL_AT_WRITE_ENV: "1"},
-        capture_output=True,
-    )
-    assert done.returncode == -signal.SIGKILL and not (out / "recipe.yaml").exists()
+    assert killed_at_write(out, 1) and not (out / "recipe.yaml").exists()
     assert [p.name for p in out.iterdir()]  # the killed write's temporary file
     again = runner.invoke(
         app, ["train", "--model", "cifar_resnet8", "--out", str(out), *TINY, "--epochs", "1", "-q"]
