@@ -69,6 +69,7 @@ class Invocation:
     guarded: list[Path] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     check: Callable[[str], str | None] | None = None
+    background: subprocess.Popen | None = None  # a live writer the case runs against (stopped after)
 
 
 @dataclass
@@ -201,6 +202,49 @@ def full_disk_resume(work: Path, good: Path) -> Invocation:
     run = copy_good_run(good, mount_tmpfs(work / "small", f"size={size_k}k"))
     args = ["train", "--resume", "--out", str(run), "--epochs", "3", "--extend", "-q", "--device", "cpu"]
     return Invocation(args, [run])
+
+
+def live_writer(cli: Path, work: Path, out: Path, *args: str) -> subprocess.Popen:
+    """A long ``train`` into ``out`` in the background, returned once it holds the folder's lock."""
+    command = [str(cli), "train", "--model", "cifar_resnet8", *tiny(epochs=500), *args, "--out", str(out)]
+    process = subprocess.Popen(
+        command, cwd=work, env=base_env(work), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    lock = out / ".lock"
+    deadline = time.monotonic() + TIMEOUT_S
+    while not (lock.is_file() and f'"pid": {process.pid}' in lock.read_text()):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the live writer did not start")
+        time.sleep(0.1)
+    return process
+
+
+def two_writers(cli: Path) -> Callable[[Path, Path], Invocation]:
+    """A second ``train --out R`` while the first still trains R (a command pasted twice)."""
+
+    def build(work: Path, good: Path) -> Invocation:
+        first = live_writer(cli, work, work / "run", "--seed", "0", "--lr", "0.05")
+        args = ["train", "--model", "cifar_resnet8", *tiny(), "--seed", "1", "--lr", "0.3"]
+        args += ["--out", str(work / "run")]
+
+        def check(message: str) -> str | None:
+            return None if f"process {first.pid}" in message else "does not name the live process"
+
+        return Invocation(args, check=check, background=first)
+
+    return build
+
+
+def resume_live_run(cli: Path) -> Callable[[Path, Path], Invocation]:
+    """``--resume`` of a copy of the good run that another process is extending right now."""
+
+    def build(work: Path, good: Path) -> Invocation:
+        run = copy_good_run(good, work)
+        live = live_writer(cli, work, run, "--resume", "--extend")
+        return Invocation(["train", "--out", str(run), "--resume", "-q"], background=live)
+
+    return build
 
 
 # The cases: data
@@ -436,11 +480,13 @@ def bench_missing(work: Path, good: Path) -> Invocation:
     return Invocation(["bench", str(work / "runs" / "missing"), "--device", "cpu", "--repeats", "2"])
 
 
-def all_cases() -> list[Case]:
+def all_cases(cli: Path) -> list[Case]:
     """Every ugly input, in the order a user meets them: where the run goes, the data, the models,
     the recipe, resuming, and using the trained model."""
     return [
         Case("--out is an existing regular file", out_is_file),
+        Case("a second train into a folder another process is training", two_writers(cli), expect="in use"),
+        Case("--resume of a run another process is training", resume_live_run(cli), expect="in use"),
         Case("--out on a read-only file system", out_read_only, expect="read-only"),
         Case("full disk while training (resnet18, 300k tmpfs)", full_disk_train, expect="disk is full"),
         Case("full disk during --resume --extend (copy on a small tmpfs)", full_disk_resume, expect="full"),
@@ -578,7 +624,12 @@ def run_case(case: Case, cli: Path, good: Path, sweep_dir: Path) -> dict[str, An
         problems = [f"setup failed: {type(exc).__name__}: {exc}"]
     else:
         before = fingerprint(invocation.guarded)
-        outcome = run_cli(cli, invocation.args, work, {**base_env(sweep_dir), **invocation.env})
+        try:
+            outcome = run_cli(cli, invocation.args, work, {**base_env(sweep_dir), **invocation.env})
+        finally:
+            if invocation.background is not None:
+                os.killpg(invocation.background.pid, signal.SIGKILL)
+                invocation.background.wait()
         if invocation.guarded:
             lost = fingerprint(invocation.guarded) != before
         problems = problems_with(case, outcome, first_error(outcome.stderr))
@@ -663,7 +714,7 @@ def main() -> None:
     stuck: list[Path] = []
     try:
         good = make_good_run(args.cli, sweep_dir)
-        for case in all_cases():
+        for case in all_cases(args.cli):
             if args.only.lower() in case.name.lower():
                 rows.append(run_case(case, args.cli, good, sweep_dir))
                 row = rows[-1]

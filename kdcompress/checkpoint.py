@@ -31,6 +31,7 @@ WEIGHT_FILES = (STUDENT_FILE, EXPORT_WEIGHTS)
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.pt"
 LAST_DIR = "last"
+LOCK_FILE = ".lock"  # the one-writer lock of a run or comparison folder (kdcompress/run_lock.py)
 
 
 #: Test hook: SIGKILL this process inside its N-th atomic write (after the temporary file is complete,
@@ -177,9 +178,11 @@ def _is_leftover(item: Path) -> bool:
 
 
 def holds_only_leftovers(run_dir: Path) -> bool:
-    """Whether a folder holds nothing a user keeps: empty, or only what killed writes left behind (a run
-    killed inside its very first write, before its recipe.yaml existed)."""
-    return run_dir.is_dir() and all(_is_leftover(item) for item in run_dir.iterdir())
+    """Whether a folder holds nothing a user keeps: empty, only its lock file, or only what killed writes
+    left behind (a run killed inside its very first write, before its recipe.yaml existed)."""
+    return run_dir.is_dir() and all(
+        _is_leftover(item) or item.name == LOCK_FILE for item in run_dir.iterdir()
+    )
 
 
 def last_dir(run_dir: Path) -> Path | None:
@@ -200,6 +203,7 @@ def model_config(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     crop_pct: float = 1.0,
+    interpolation: str = "bilinear",
     model_kwargs: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -213,7 +217,7 @@ def model_config(
             "mean": list(mean),
             "std": list(std),
             "num_classes": num_classes,
-            "interpolation": "bilinear",
+            "interpolation": interpolation,
             "crop_pct": crop_pct,
         },
         "kdcompress": extra or {},

@@ -27,13 +27,18 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: Loader, runtime: Runtime, precision: str = "fp32") -> dict[str, float]:
-    """Accuracy and mean cross-entropy; sums stay on the device until the single read at the end."""
+def evaluate(
+    model: nn.Module, loader: Loader, runtime: Runtime, precision: str = "fp32", *, teacher: bool = False
+) -> dict[str, float]:
+    """Accuracy and mean cross-entropy; sums stay on the device until the single read at the end.
+
+    ``teacher``: feed the batches' teacher inputs (the teacher's own normalisation) instead of the
+    student's."""
     totals = torch.zeros(4, dtype=torch.float64, device=runtime.device)  # loss, top1, top5, count
     with eval_mode(model):
         for batch in loader.batches():
             with autocast_for(runtime.device, precision):
-                logits = model(batch.images)
+                logits = model(batch.teacher_images if teacher else batch.images)
             logits = logits.float()
             k = min(5, logits.shape[1])
             top = logits.topk(k, dim=1).indices

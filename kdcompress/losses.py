@@ -37,6 +37,7 @@ __all__ = [
     "SDD_RULES",
     "LocalPooling",
     "dkd",
+    "feature_mse",
     "kd",
     "local_logits",
     "luminet",
@@ -220,6 +221,18 @@ def _standardize_over_batch(logits: Tensor, eps: float = _LUMINET_EPS) -> Tensor
 # --------------------------------------------------------------------------------------------------
 # public batch losses
 # --------------------------------------------------------------------------------------------------
+
+
+def feature_mse(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
+    """``mean((f_s - f_t)^2)`` over the batch and every element (FitNet's hint, feature KD's pair loss),
+    in the widest of float32 and the inputs' dtypes. Shapes must match (project and pool first)."""
+    if student_feature.shape != teacher_feature.shape:
+        raise ValueError(
+            f"feature_mse: student {tuple(student_feature.shape)} and teacher "
+            f"{tuple(teacher_feature.shape)} features differ in shape; project and pool them first."
+        )
+    student, teacher = _upcast(student_feature, teacher_feature)
+    return F.mse_loss(student, teacher)
 
 
 def kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:

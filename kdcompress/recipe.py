@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kdcompress.errors import UserError, did_you_mean
 
@@ -20,9 +20,43 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class ModelInput(_Section):
+    """How a model expects its input (timm ``pretrained_cfg`` terms). Fields left unset come from the
+    model's weights (their ``pretrained_cfg`` or ``config.json``) or, for a model that starts from
+    scratch, from the dataset; a resolved recipe records every field (docs/data.md)."""
+
+    mean: list[float] | None = Field(default=None, description="per-channel mean of pixels in [0, 1]")
+    std: list[float] | None = Field(default=None, description="per-channel std of pixels in [0, 1]")
+    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None
+    crop_pct: float | None = Field(default=None, gt=0, le=1, description="evaluation centre-crop fraction")
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _one_or_three_channels(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and len(value) not in (1, 3):
+            raise ValueError("needs 1 value (grey) or 3 (RGB)")
+        return value
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and not all(v > 0 for v in value):
+            raise ValueError("every std must be positive")
+        return value
+
+    @model_validator(mode="after")
+    def _paired(self) -> ModelInput:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("set mean and std together")
+        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
+            raise ValueError("mean and std need the same number of channels")
+        return self
+
+
 class ModelSpec(_Section):
     """A model by timm name (a pretrained tag or ``hf-hub:org/repo`` allowed), where its weights come
-    from, and extra ``timm.create_model`` arguments. See :mod:`kdcompress.models.factory`."""
+    from, its input convention, and extra ``timm.create_model`` arguments. See
+    :mod:`kdcompress.models.factory` and :mod:`kdcompress.models.preprocessing`."""
 
     arch: str
     weights: str | None = Field(
@@ -33,6 +67,9 @@ class ModelSpec(_Section):
         description="initialisation: 'pretrained' or a file; timm adapts the head and first conv",
     )
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    input: ModelInput | None = Field(
+        default=None, description="the model's input convention; unset fields come from its weights"
+    )
 
 
 class TeacherSpec(ModelSpec):
@@ -62,7 +99,16 @@ class DataSpec(_Section):
         default=(3 / 4, 4 / 3), description="aspect-ratio range of resized_crop"
     )
     crop_pct: float | None = Field(
-        default=None, gt=0, le=1, description="eval centre crop of image folders; default 0.875"
+        default=None,
+        gt=0,
+        le=1,
+        description="eval centre crop of image folders; default: the teacher's (else the model's) "
+        "pretrained_cfg, else 0.875",
+    )
+    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = Field(
+        default=None,
+        description="resampling filter; default: the teacher's (else the model's) pretrained_cfg, else "
+        "bilinear",
     )
     num_workers: int = Field(
         default=4, ge=0, description="decoder processes for imagefolder (at most the usable CPU cores)"

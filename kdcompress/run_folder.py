@@ -9,7 +9,8 @@ recorded centre-crop fraction), so every command measures on the inputs training
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,13 @@ from torch import nn
 
 from kdcompress import checkpoint
 from kdcompress.data import DataBundle, load_data
-from kdcompress.deploy.onnx import OnnxRuntimeModel
+from kdcompress.data.spec import InputSpec, spec_from_config
+from kdcompress.deploy.onnx import OnnxRuntimeModel, config_from_metadata
 from kdcompress.errors import UserError
 from kdcompress.evaluate import evaluate, resolve_precision
 from kdcompress.models import build_model, load_weights
 from kdcompress.recipe import DataSpec, ExportSpec
+from kdcompress.run_lock import holder
 from kdcompress.runtime import setup_runtime
 
 
@@ -50,6 +53,15 @@ class TrainedModel:
     def input_size(self) -> tuple[int, int, int]:
         c, h, w = self.config["pretrained_cfg"]["input_size"]
         return int(c), int(h), int(w)
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """The convention it was trained with (normalisation, resampling, eval crop)."""
+        cfg = self.config.get("pretrained_cfg", {})
+        spec = spec_from_config(cfg, f"the config of {self.weights}")
+        if spec is None:
+            raise UserError(f"The config of '{self.weights}' has no pretrained_cfg mean/std; re-export it.")
+        return spec
 
     @property
     def data_source(self) -> str | None:
@@ -85,26 +97,58 @@ def find_weights(path: Path) -> tuple[Path, Path]:
 def load_trained(path: str | Path, role: str = "model") -> TrainedModel:
     """Rebuild the model a kdcompress run (or export) folder describes, weights loaded, in eval mode.
 
-    An ``.onnx`` file from an export folder loads as an onnxruntime-backed model (its ``config.json``,
-    written next to it by ``export``, describes its inputs), so ``eval`` and ``bench`` measure the
-    file that ships."""
+    An exported ``.onnx`` file loads as an onnxruntime-backed model, so ``eval`` and ``bench`` measure
+    the file that ships; it describes itself (its ``metadata_props`` carry its ``config.json``), so it
+    needs nothing beside it."""
+    live = holder(Path(path)) if Path(path).is_dir() else None
+    if live is not None and not any((Path(path) / name).is_file() for name in checkpoint.WEIGHT_FILES):
+        raise UserError(
+            f"'{path}' is still training its first epoch ({live.describe()}); there is no checkpoint to "
+            "read yet."
+        )
     weights, folder = find_weights(Path(path))
+    if weights.suffix == ".onnx":
+        return _load_onnx(weights, folder)
     config_file = folder / checkpoint.CONFIG_FILE
     if not config_file.is_file():
         raise UserError(f"'{folder}' has no config.json next to the weights; pass a kdcompress run folder.")
     config = json.loads(config_file.read_text())
-    if weights.suffix == ".onnx":
-        try:
-            return TrainedModel(OnnxRuntimeModel(weights).eval(), config, weights)
-        except Exception as exc:  # onnxruntime's own errors: a damaged or foreign file
-            raise UserError(
-                f"'{weights}' is not an ONNX model onnxruntime can run ({type(exc).__name__})."
-            ) from None
+    if live is not None:
+        epoch = config.get("kdcompress", {}).get("epoch")
+        warnings.warn(
+            f"'{path}' is still being trained ({live.describe()}): this reads its best completed checkpoint "
+            f"so far (epoch {epoch}).",
+            stacklevel=2,
+        )
     args = dict(config.get("model_args", {}))
     in_chans = args.pop("in_chans", 3)
     model = build_model(config["architecture"], config["num_classes"], in_chans, **args)
     load_weights(model, weights, role)
     return TrainedModel(model.eval(), config, weights)
+
+
+def _load_onnx(weights: Path, folder: Path) -> TrainedModel:
+    """An ONNX file with the config its metadata carries (files exported before it did: the
+    ``config.json`` beside them)."""
+    try:
+        config = config_from_metadata(weights)
+    except Exception as exc:  # onnx's own errors: a damaged or foreign file
+        raise UserError(
+            f"'{weights}' is not an ONNX model onnxruntime can run ({type(exc).__name__})."
+        ) from None
+    if config is None and (folder / checkpoint.CONFIG_FILE).is_file():
+        config = json.loads((folder / checkpoint.CONFIG_FILE).read_text())
+    if config is None:
+        raise UserError(
+            f"'{weights}' carries no kdcompress description (input size, normalisation, classes) and has "
+            "no config.json beside it; pass a file that `kdcompress export` wrote."
+        )
+    try:
+        return TrainedModel(OnnxRuntimeModel(weights).eval(), config, weights)
+    except Exception as exc:  # onnxruntime's own errors: a damaged or foreign file
+        raise UserError(
+            f"'{weights}' is not an ONNX model onnxruntime can run ({type(exc).__name__})."
+        ) from None
 
 
 def data_for_model(
@@ -114,7 +158,8 @@ def data_for_model(
     train_limit: int | None = None,
     val_limit: int | None = None,
 ) -> DataBundle:
-    """``source`` (default: the data it was trained on) in the model's input format and eval crop.
+    """``source`` (default: the data it was trained on) as the model saw it in training: its image size,
+    channels, normalisation, resampling filter and (image folders) eval crop.
 
     Raises a UserError when no source is known or when the dataset's classes are not the model's.
     """
@@ -131,10 +176,8 @@ def data_for_model(
             f"The model predicts {trained.num_classes} classes but '{source}' has {data.num_classes}; "
             "use the dataset it was trained for (--data)."
         )
-    crop_pct = trained.config.get("pretrained_cfg", {}).get("crop_pct")
-    if crop_pct is not None:  # image folders: centre-crop as the model was evaluated in training
-        data.decoding = replace(data.decoding, crop_pct=float(crop_pct))
-    return data
+    spec = trained.input_spec
+    return data.with_spec(spec).with_resampling(spec.interpolation, spec.crop_pct)
 
 
 def evaluate_trained(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +12,8 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
+from kdcompress import checkpoint
+from kdcompress.data import Batch
 from kdcompress.recipe import validate_recipe
 from kdcompress.runtime import Runtime, setup_runtime
 from kdcompress.train import engine
@@ -35,6 +38,51 @@ def ctrl_c_at_epoch(epoch: int) -> Iterator[None]:
         yield
     finally:
         engine.Trainer.train_epoch = original  # type: ignore[method-assign]
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Hidden entries a killed or failed write left in a run folder (its lock file is not one: it stays,
+    and the kernel, not the file, says whether a process holds it)."""
+    return [p.name for p in folder.iterdir() if p.name.startswith(".") and p.name != checkpoint.LOCK_FILE]
+
+
+def float64_batches(trainer: engine.Trainer, count: int) -> Iterator[Batch]:
+    """The trainer's student, connectors and teacher switched to float64 (in place: the optimizer keeps the
+    same parameters), then ``count`` of its epoch-1 batches in float64. Two training paths that differ
+    only in summation order (memory layout, compiled kernels, DDP) then agree to ~1e-12, whatever this
+    torch build's float32 kernels round to, while a layout or indexing bug still differs at the size of
+    the update."""
+    trainer.method.double()
+    if trainer.prepared.teacher is not None:
+        trainer.prepared.teacher.double()
+    for batch in itertools.islice(trainer.train_loader.batches(1), count):
+        images = batch.images.double()
+        teacher = images if batch.teacher_images is batch.images else batch.teacher_images.double()
+        yield Batch(images, batch.labels, batch.indices, batch.views, teacher)
+
+
+def initial_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The student weights a recorded run started from (its seed fixes them)."""
+    from kdcompress.recipe import read_yaml
+
+    prepared = engine.prepare(validate_recipe(read_yaml(run_dir / "recipe.yaml")))
+    return {k: v.detach().clone() for k, v in prepared.student.state_dict().items()}
+
+
+def assert_same_training(
+    got: dict[str, torch.Tensor],
+    expected: dict[str, torch.Tensor],
+    start: dict[str, torch.Tensor],
+    rel: float = 1e-3,
+) -> None:
+    """Two trainings that differ only in summation order (DDP vs one process, a cached teacher) end with
+    weights that agree to ``rel`` of what training changed. float32 rounding differs between torch builds
+    and CPUs, so a fixed tolerance is luck; a real bug (a wrong average, a misplaced sample) is the size
+    of the update itself."""
+    for key, want in expected.items():
+        update = float((want.double() - start[key].double()).abs().max())
+        diff = float((got[key].double() - want.double()).abs().max())
+        assert diff <= rel * update + 1e-7, f"{key}: differs by {diff:.3g} after an update of {update:.3g}"
 
 
 @pytest.fixture(autouse=True)

@@ -293,3 +293,27 @@ def test_damaged_cifar_folders_are_one_sentence_and_write_nothing(runner, tmp_pa
     with pytest.raises(UserError, match=message):
         read_source(source)
     assert not out.exists()
+
+
+def test_damaged_files_of_both_splits_are_one_warning_per_run(runner, damaged, tmp_path, monkeypatch):
+    """Training, the validation passes of every epoch and the teacher's measurement meet the same files:
+    the user hears of them once, with the count per split."""
+    only_one_cpu(monkeypatch)
+    truncate(damaged / "val" / "b" / "2.jpg")
+    result = runner.invoke(app, train_args(damaged, tmp_path / "run", "--batch-size", "3", "--epochs", "2"))
+    assert result.exit_code == 0, result.output
+    decoded = [m for m in warning_lines(result.output) if "could not be decoded" in m]
+    assert len(decoded) == 1, decoded
+    assert decoded[0].startswith("3 image files (2 in train, 1 in val) could not be decoded")
+
+
+def test_a_batch_larger_than_the_training_set_is_said_once(runner, tmp_path):
+    args = ["train", "--model", "cifar_resnet8", "--data", "digits", "--epochs", "2", "--device", "cpu"]
+    args += ["--set", "data.train_limit=40", "--batch-size", "64", "--out", str(tmp_path / "run"), "-q"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    said = [m for m in warning_lines(result.output) if "larger than the" in m]
+    assert said == [
+        "train.batch_size 64 is larger than the 40 training images, so every epoch is a single batch of 40; "
+        "lower train.batch_size for more steps per epoch."
+    ]

@@ -12,6 +12,7 @@ import torch
 
 from kdcompress.data import load_data, read_source
 from kdcompress.data.loader import DeviceTransform, ImageFormat
+from kdcompress.data.spec import InputSpec
 from kdcompress.errors import UserError
 from kdcompress.recipe import DataSpec
 
@@ -93,19 +94,19 @@ def test_limits_and_synthetic():
 
 
 def identity_transform(padding: int, flip: bool) -> DeviceTransform:
-    fmt = ImageFormat(1, 4, (0.0,), (1.0 / 255.0,))  # normalisation that keeps raw pixel values
-    return DeviceTransform(1, fmt, padding, flip, torch.device("cpu"))
+    raw = InputSpec((0.0,), (1.0 / 255.0,))  # normalisation that keeps raw pixel values
+    return DeviceTransform(1, ImageFormat(1, 4), padding, flip, torch.device("cpu"), [raw])
 
 
 def test_identity_view_leaves_the_image_unchanged_and_views_crop_and_flip():
     image = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4)
     t = identity_transform(padding=1, flip=True)
-    same = t(image, torch.tensor([t.identity_view()]))
+    (same,) = t(image, torch.tensor([t.identity_view()]))
     assert torch.equal(same, image.float())
     # view ids: ((oy * 3 + ox) * 2 + flip); oy=ox=0 shifts the content down-right by one pixel.
-    shifted = t(image, torch.tensor([0]))
+    (shifted,) = t(image, torch.tensor([0]))
     assert torch.equal(shifted[0, 0, 1:, 1:], image[0, 0, :3, :3].float()) and shifted[0, 0, 0].sum() == 0
-    flipped = t(image, torch.tensor([t.identity_view() + 1]))
+    (flipped,) = t(image, torch.tensor([t.identity_view() + 1]))
     assert torch.equal(flipped, image.float().flip(-1))
     assert t.num_views == 18
 
@@ -135,4 +136,4 @@ def test_grey_to_rgb_and_resize():
     batch = next(iter(bundle.val_loader(4, torch.device("cpu")).batches()))
     assert batch.images.shape == (4, 3, 16, 16)
     assert torch.equal(batch.images[:, 0], batch.images[:, 2])
-    assert bundle.fmt.mean == (0.3053,) * 3
+    assert bundle.spec.mean == (0.3053,) * 3

@@ -156,7 +156,7 @@ def test_parity_failure_exits_2_with_one_sentence(runner, teacher_run, int8_expo
 
     folder, _ = int8_export
 
-    def fake_export(model, input_size, path, opset):  # reuse the fixture's file: no second export
+    def fake_export(model, input_size, path, opset, metadata=None):  # the fixture's file: no second export
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(folder / "model.onnx", path)
         return path

@@ -13,6 +13,7 @@ import torch
 from kdcompress.cli import app
 from kdcompress.data import load_data
 from kdcompress.data.files import ResizedCrop
+from kdcompress.data.spec import InputSpec
 from kdcompress.errors import UserError
 from kdcompress.recipe import DataSpec
 
@@ -164,9 +165,9 @@ def test_eval_and_bench_use_the_crop_pct_the_model_was_trained_with(runner, fold
     used: list[float] = []
     original = files.centre_crop
 
-    def recording_crop(img, size, crop_pct):
+    def recording_crop(img, size, crop_pct, *rest):
         used.append(crop_pct)
-        return original(img, size, crop_pct)
+        return original(img, size, crop_pct, *rest)
 
     monkeypatch.setattr(files, "centre_crop", recording_crop)
     result = runner.invoke(app, ["eval", str(out), "--device", "cpu"])
@@ -177,3 +178,39 @@ def test_eval_and_bench_use_the_crop_pct_the_model_was_trained_with(runner, fold
     result = runner.invoke(app, [*bench, "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert used and set(used) == {1.0}
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("size", [(53, 37), (37, 53), (40, 40)])
+def test_evaluation_inputs_equal_timms_own_pipeline(tmp_path, interpolation, size):
+    """A timm model's published accuracy holds under timm's evaluation transform (resize the shorter side
+    to size / crop_pct, centre crop, normalise); the loader gives exactly those tensors."""
+    from PIL import Image
+    from timm.data import create_transform
+
+    rng = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=rng, dtype=torch.uint8)
+    for part in ("train", "val"):
+        (tmp_path / part / "a").mkdir(parents=True)
+        Image.fromarray(pixels.numpy()).save(tmp_path / part / "a" / "0.png")
+    spec = InputSpec((0.5, 0.4, 0.3), (0.2, 0.25, 0.3), interpolation, 0.875)
+    data = load_data(DataSpec(source=f"imagefolder:{tmp_path}", image_size=16, num_workers=0))
+    data = data.with_spec(spec).with_resampling(spec.interpolation, spec.crop_pct)
+    ours = next(iter(data.val_loader(1, torch.device("cpu")).batches())).images[0]
+    timm_eval = create_transform(
+        (3, 16, 16), crop_pct=0.875, interpolation=interpolation, mean=spec.mean, std=spec.std
+    )
+    theirs = timm_eval(Image.open(tmp_path / "val" / "a" / "0.png").convert("RGB"))
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_the_run_resamples_like_the_teacher_unless_the_recipe_says_otherwise(folder):
+    data = load_data(DataSpec(source=f"imagefolder:{folder}", image_size=16, num_workers=0))
+    teacher = InputSpec((0.5,) * 3, (0.5,) * 3, "bicubic", 0.95)
+    student = InputSpec((0.4,) * 3, (0.2,) * 3, "bilinear", 0.8)
+    chosen = data.resampled_for(DataSpec(source="x"), [teacher, student]).decoding
+    assert (chosen.interpolation, chosen.crop_pct) == ("bicubic", 0.95)
+    stated = DataSpec(source="x", interpolation="nearest", crop_pct=1.0)
+    chosen = data.resampled_for(stated, [teacher, student]).decoding
+    assert (chosen.interpolation, chosen.crop_pct) == ("nearest", 1.0)
+    assert data.resampled_for(DataSpec(source="x"), []).decoding == data.decoding  # the defaults

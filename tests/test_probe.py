@@ -49,7 +49,7 @@ def test_probe_rows_match_knowledge_quality_and_choose_top_q(digits, teacher):
     assert result.settings["samples"] == 120 and result.settings["n_train"] == 400
     # Q of one layer recomputed by hand on the same balanced sample.
     indices = quality.balanced_indices(digits.dataset.train.labels, 120)
-    images = digits.transform(torch.device("cpu"), False)(digits.dataset.train.images[indices])
+    (images,) = digits.transform(torch.device("cpu"), False)(digits.dataset.train.images[indices])
     teacher.eval()
     with FeatureTap(teacher, ["layer2.0"]) as tap, torch.no_grad():
         teacher(images)

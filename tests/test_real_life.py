@@ -24,7 +24,7 @@ from kdcompress import checkpoint
 from kdcompress.cli import app
 from kdcompress.recipe import validate_recipe
 from kdcompress.train import engine
-from tests.conftest import ctrl_c_at_epoch, tiny_recipe
+from tests.conftest import ctrl_c_at_epoch, leftovers, tiny_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--data", "digits", "--set", "data.train_limit=256", "--set", "data.val_limit=128", "--quiet"]
@@ -185,7 +185,7 @@ def test_sigkill_inside_checkpoint_writes_resumes_bit_identically(tmp_path, monk
         engine.run(recipe, folder, resume=True, quiet=True)
         resumed = checkpoint.load_tensors(folder / "last" / "student.safetensors")
         assert all(torch.equal(full[k], resumed[k]) for k in full), point
-        assert not [p.name for p in folder.iterdir() if p.name.startswith(".")], point  # leftovers gone
+        assert not leftovers(folder), point
         rows = (folder / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(r)["epoch"] for r in rows] == [1, 2, 3], point
 
@@ -218,7 +218,7 @@ def test_a_run_killed_in_its_first_write_can_simply_be_run_again(runner, tmp_pat
         app, ["train", "--model", "cifar_resnet8", "--out", str(out), *TINY, "--epochs", "1", "-q"]
     )
     assert again.exit_code == 0, again.output
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert not leftovers(out)
 
 
 def test_ctrl_c_says_what_was_kept(runner, tmp_path):
@@ -284,7 +284,7 @@ def test_full_disk_keeps_the_previous_checkpoint(runner, tmp_path, monkeypatch):
     )
     after = checkpoint.load_tensors(out / "last" / "student.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert not leftovers(out)
     monkeypatch.undo()
     again = runner.invoke(app, ["train", "--out", str(out), "--resume", "--epochs", "2", "--extend", "-q"])
     assert again.exit_code == 0, again.output

@@ -39,7 +39,14 @@ def test_benchmark_writes_one_row_per_method_with_consistent_ratios(tmp_path, mo
     bench.main()
     result = json.loads(out.read_text())
     rows = result["rows"]
-    assert [r["method"] for r in rows] == [*bench.METHODS, "kd+cache", "kd end-to-end"]
+    assert [r["method"] for r in rows] == [
+        *bench.METHODS,
+        "kd+cache",
+        "kd end-to-end",
+        "kd end-to-end, 2 specs",
+    ]
+    low, ratio, high = rows[-1]["vs_one_spec_iqr"][0], rows[-1]["vs_one_spec"], rows[-1]["vs_one_spec_iqr"][1]
+    assert 0 < low <= ratio <= high
     for row in rows:
         assert row["pair"] == "tiny" and row["device"] == "cpu" and row["batch_size"] == 16
         assert row["step_ms"] > 0 and row["student_step_ms"] > 0 and row["teacher_forward_ms"] > 0

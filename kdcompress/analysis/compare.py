@@ -40,6 +40,7 @@ from kdcompress.methods import ALIASES, METHODS
 from kdcompress.plotting import plot_leaderboard
 from kdcompress.recipe import Recipe, build_recipe, command_flags, read_yaml
 from kdcompress.run_folder import load_trained
+from kdcompress.run_lock import RunLock, holder
 from kdcompress.train import engine
 from kdcompress.train.display import progress_bar
 from kdcompress.train.resume import plan_resume
@@ -152,7 +153,10 @@ class PlannedRun:
         return [*args, "--out", str(self.folder)]
 
     def status(self) -> str:
-        """``done``, ``partial`` (started or interrupted: resumable) or ``missing``."""
+        """``running`` (a live process writes it, here or on another machine), ``done``, ``partial``
+        (started or interrupted: resumable) or ``missing``."""
+        if holder(self.folder) is not None:
+            return "running"
         if not (self.folder / "recipe.yaml").is_file():
             return "missing"
         recorded = _read_rows(self.folder)
@@ -431,12 +435,29 @@ def run_comparison(request: CompareRequest, console: Any) -> tuple[dict[str, Any
     leaderboard and the comparison goes on; an interruption stops it, and the same command continues.
     """
     runs = plan(request)
-    record_budget(request)
+    with RunLock(request.out).acquire("this comparison"):
+        record_budget(request)
+        return _train_and_collect(runs, request, console)
+
+
+def _train_and_collect(
+    runs: list[PlannedRun], request: CompareRequest, console: Any
+) -> tuple[dict[str, Any], dict[str, Path]]:
     errors: dict[Path, str] = {}
+    statuses = {run.folder: run.status() for run in runs}
     for run in runs:
-        if run.status() == "done":
+        if statuses[run.folder] == "done":
             plan_resume(run.folder, run.recipe())  # a finished run of another recipe is refused, not mixed in
-    todo = [run for run in runs if run.status() != "done"]
+        elif statuses[run.folder] == "running":
+            live = holder(run.folder)
+            who = live.describe() if live else "another process"
+            console.print(
+                f"{run.method} seed {run.seed} is being trained by {who}: left to it; run compare again "
+                "to collect it.",
+                highlight=False,
+                soft_wrap=True,
+            )
+    todo = [run for run in runs if statuses[run.folder] not in ("done", "running")]
     with progress_bar(console, console.is_terminal) as bar:
         overall = bar.add_task("compare", total=len(runs), completed=len(runs) - len(todo))
         for index, run in enumerate(todo, start=1):
@@ -444,11 +465,15 @@ def run_comparison(request: CompareRequest, console: Any) -> tuple[dict[str, Any
             bar.update(overall, description=f"compare: {label}")
             if not console.is_terminal:
                 console.print(f"[{index}/{len(todo)}] {label}: {shlex.join(run.argv())}", soft_wrap=True)
+            status = run.status()
+            if status == "running":  # started elsewhere meanwhile (an array task): it is not ours to train
+                bar.advance(overall)
+                continue
             try:
                 engine.run(
                     run.recipe(),
                     run.folder,
-                    resume=run.status() == "partial",
+                    resume=status == "partial",
                     console=console,
                     quiet=True,
                     shared_bar=bar,

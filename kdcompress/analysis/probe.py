@@ -48,6 +48,7 @@ from kdcompress.errors import UserError
 from kdcompress.models.factory import build_from_spec
 from kdcompress.models.layers import Layer, candidate_layers, check_layer_names
 from kdcompress.models.modes import eval_mode
+from kdcompress.models.preprocessing import carried_spec, resolve_spec
 from kdcompress.models.taps import FeatureTap, tapped_shapes
 from kdcompress.runtime import resolve_device
 
@@ -374,7 +375,8 @@ def probe_layers(
 
 
 def probe_recipe_inputs(recipe: ProbeRecipe, weights_needed: bool = True) -> tuple[nn.Module, DataBundle]:
-    """The teacher (weights loaded) and the data a :class:`~kdcompress.recipe.ProbeRecipe` names.
+    """The teacher (weights loaded) and the data a :class:`~kdcompress.recipe.ProbeRecipe` names, in the
+    teacher's input convention (the same resolution ``distill`` applies, docs/data.md).
 
     Measuring a random teacher is meaningless, so it is refused unless the recipe allows it; listing
     layers (``weights_needed=False``) works on any teacher."""
@@ -383,6 +385,8 @@ def probe_recipe_inputs(recipe: ProbeRecipe, weights_needed: bool = True) -> tup
     if not weights_needed and not spec.weights:
         spec = spec.model_copy(update={"allow_random": True})
     model, _ = build_from_spec(spec, "teacher", data.num_classes, data.fmt.channels, data.fmt.size)
+    teacher_spec = resolve_spec("teacher", spec.input, carried_spec(model, spec), data.spec)
+    data = data.resampled_for(recipe.data, [teacher_spec]).with_spec(teacher_spec)
     return model, data
 
 
@@ -424,8 +428,9 @@ def _fingerprint(model: nn.Module, data: DataBundle, settings: dict[str, Any]) -
         digest.update(train.images.numpy().tobytes())
     else:
         digest.update("\n".join(str(p) for p in train.paths).encode())
-    fmt = data.fmt
-    digest.update(json.dumps([fmt.channels, fmt.size, fmt.mean, fmt.std, data.decoding.crop_pct]).encode())
+    fmt, spec, decoding = data.fmt, data.spec, data.decoding
+    look = [fmt.channels, fmt.size, spec.mean, spec.std, decoding.crop_pct, decoding.interpolation]
+    digest.update(json.dumps(look).encode())
     digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()[:32]
 

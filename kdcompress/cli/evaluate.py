@@ -19,8 +19,13 @@ def register(app: typer.Typer) -> None:
         data: DataOpt = None,
         batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Evaluation batch size.")] = 512,
         device: DeviceOpt = "auto",
+        json_out: Annotated[
+            Path | None, typer.Option("--json", help="Also write the metrics and the input spec used here.")
+        ] = None,
     ) -> None:
-        """Top-1, top-5 and loss of a trained model on a dataset's validation split."""
+        """Top-1, top-5 and loss of a trained model on a dataset's validation split, fed the input spec it
+        was trained with (an exported .onnx file carries its own)."""
+        from kdcompress import checkpoint as files
         from kdcompress.run_folder import data_for_model, evaluate_trained, load_trained
 
         trained = load_trained(checkpoint)
@@ -37,3 +42,14 @@ def register(app: typer.Typer) -> None:
             str(len(bundle.dataset.val)),
         )
         console.print(table)
+        if json_out is not None:
+            spec = bundle.spec
+            document = {
+                "model": str(trained.weights),
+                "architecture": trained.arch,
+                "data": data or trained.data_source,
+                "samples": len(bundle.dataset.val),
+                **metrics,
+                "input": {**spec.to_record(), "interpolation": bundle.decoding.interpolation},
+            }
+            files.write_json(json_out, document)

@@ -64,12 +64,13 @@ class ResizedCrop:
 
 @dataclass(frozen=True)
 class FileDecoding:
-    """How a loader turns files into tensors: the eval centre-crop fraction, the train-time crop, and
-    what a file that fails to decode does (``data.on_bad_image``)."""
+    """How a loader turns files into tensors: the eval centre-crop fraction, the resampling filter, the
+    train-time crop, and what a file that fails to decode does (``data.on_bad_image``)."""
 
     crop_pct: float = 1.0
     resized_crop: ResizedCrop | None = None
     on_bad_image: Literal["skip", "error"] = "skip"
+    interpolation: str = "bilinear"
 
 
 class FileImages(torch.utils.data.Dataset):
@@ -124,9 +125,9 @@ class FileImages(torch.utils.data.Dataset):
             crop = self.decoding.resized_crop
             if crop is not None and self.epoch_seed is not None:
                 box = crop.sample_box(img.width, img.height, random.Random(f"{self.epoch_seed}:{i}"))
-                out = img.resize((self.size, self.size), Image.Resampling.BILINEAR, box=box)
+                out = img.resize((self.size, self.size), resampling(self.decoding.interpolation), box=box)
             else:
-                out = centre_crop(img, self.size, self.decoding.crop_pct)
+                out = centre_crop(img, self.size, self.decoding.crop_pct, self.decoding.interpolation)
             pixels = torch.frombuffer(bytearray(out.tobytes()), dtype=torch.uint8)
         return pixels.view(self.size, self.size, 3).permute(2, 0, 1).contiguous()
 
@@ -140,13 +141,30 @@ def _describe(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
-def centre_crop(img: PILImage, size: int, crop_pct: float) -> PILImage:
-    """Shorter side to ``size / crop_pct``, then the centre ``size x size``."""
+def resampling(interpolation: str) -> int:
+    """PIL's filter for a timm ``interpolation`` name."""
     from PIL import Image
 
+    filters = {
+        "bilinear": Image.Resampling.BILINEAR,
+        "bicubic": Image.Resampling.BICUBIC,
+        "nearest": Image.Resampling.NEAREST,
+    }
+    return filters[interpolation]
+
+
+def centre_crop(img: PILImage, size: int, crop_pct: float, interpolation: str = "bilinear") -> PILImage:
+    """Shorter side to ``floor(size / crop_pct)``, then the centre ``size x size``.
+
+    The sizes and offsets are computed exactly as timm's evaluation transform does (torchvision's
+    ``Resize(int)``: the longer side truncated, ``CenterCrop``: offsets rounded), so a timm model fed
+    through this loader sees the pixels timm's own pipeline would give it."""
     short = max(size, math.floor(size / crop_pct))
-    scale = short / min(img.size)
-    width, height = max(short, round(img.width * scale)), max(short, round(img.height * scale))
-    resized = img.resize((width, height), Image.Resampling.BILINEAR)
-    left, top = (width - size) // 2, (height - size) // 2
+    width, height = img.size
+    if width <= height:
+        width, height = short, max(short, int(short * height / width))
+    else:
+        width, height = max(short, int(short * width / height)), short
+    resized = img.resize((width, height), resampling(interpolation))
+    left, top = int(round((width - size) / 2.0)), int(round((height - size) / 2.0))
     return resized.crop((left, top, left + size, top + size))

@@ -5,8 +5,10 @@ every batch is gathered, cropped, flipped, resized and normalised there: no Data
 processes, no host round trip per step. Image folders are decoded by DataLoader workers into uint8
 tensors of a fixed size (``files.py``: centre crop, or the ImageNet random resized crop), copied with
 pinned memory, and then go through the same device transform, so flips and normalisation have one code
-path. A file that fails to decode is replaced or raised as the recipe says (``data.on_bad_image``), and
-reported here, in the main process, with one warning per pass that finds new ones.
+path. The pixels stay model-agnostic up to the last step: each model's input is the same augmented
+pixels normalised with that model's spec (``data/spec.py``), once per distinct spec. A file that fails
+to decode is replaced or raised as the recipe says (``data.on_bad_image``), and reported here, in the
+main process, with one warning per pass that finds new ones.
 
 Augmentation parameters are drawn explicitly per sample (crop offset, flip), from a generator seeded by
 (seed, epoch). Two consequences users rely on: a resumed run sees exactly the batches the uninterrupted
@@ -19,37 +21,43 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from kdcompress.data.files import FileDecoding, FileImages
-from kdcompress.data.sources import Dataset, FileSplit, Split, TensorSplit
+from kdcompress.data.sources import DamageLog, Dataset, FileSplit, Split, TensorSplit
+from kdcompress.data.spec import GREY_WEIGHTS, InputSpec
 from kdcompress.errors import UserError
-
-_GREY_WEIGHTS = (0.299, 0.587, 0.114)
 
 
 @dataclass
 class Batch:
-    """One training or evaluation batch, already normalised, plus what produced it."""
+    """One training or evaluation batch, already normalised, plus what produced it.
+
+    ``images`` is what the model being trained or evaluated sees; ``teacher_images`` is the same pixels
+    normalised with the teacher's spec (the very same tensor when both specs normalise alike)."""
 
     images: torch.Tensor  # float [B, C, S, S] on the device
     labels: torch.Tensor  # int64 [B] on the device
     indices: torch.Tensor  # int64 [B] sample indices into the split (on the device)
     views: torch.Tensor  # int64 [B] augmentation view id (0 = un-augmented)
+    teacher_images: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.teacher_images is None:
+            self.teacher_images = self.images
 
 
 @dataclass(frozen=True)
 class ImageFormat:
-    """How the model sees images: channels, square size and normalisation."""
+    """The pixel grid every model of a run sees: channels and square size (normalisation is per model,
+    :class:`kdcompress.data.spec.InputSpec`)."""
 
     channels: int
     size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -59,31 +67,50 @@ class ImageFormat:
 
 def image_format(dataset: Dataset, image_size: int | None, channels: int | None) -> ImageFormat:
     """The model-side image format for a dataset under the recipe's size and channel choices."""
-    out_channels = channels or dataset.channels
-    mean, std = dataset.mean, dataset.std
-    if out_channels != dataset.channels:
-        if out_channels == 3:
-            mean, std = mean * 3, std * 3
-        else:
-            mean = (sum(w * m for w, m in zip(_GREY_WEIGHTS, mean, strict=True)),)
-            std = (sum(w * s for w, s in zip(_GREY_WEIGHTS, std, strict=True)),)
-    return ImageFormat(out_channels, image_size or dataset.native_size, tuple(mean), tuple(std))
+    return ImageFormat(channels or dataset.channels, image_size or dataset.native_size)
+
+
+def dataset_spec(dataset: Dataset, channels: int) -> InputSpec:
+    """The dataset's own statistics as a spec for ``channels``-channel images: the convention of a model
+    trained here from scratch."""
+    spec = InputSpec(tuple(dataset.mean), tuple(dataset.std), origin=f"the {dataset.name} statistics")
+    return spec.for_channels(channels)
 
 
 class DeviceTransform:
-    """uint8 batch -> float, normalised batch in the model's format, with optional crop and flip."""
+    """uint8 batch -> float batch in the model format (crop, flip, channels, size), normalised once per
+    distinct spec: one tensor per entry of ``specs``, the same tensor for specs that normalise alike."""
 
     def __init__(
-        self, in_channels: int, fmt: ImageFormat, crop_padding: int, flip: bool, device: torch.device
+        self,
+        in_channels: int,
+        fmt: ImageFormat,
+        crop_padding: int,
+        flip: bool,
+        device: torch.device,
+        specs: Sequence[InputSpec],
+        interpolation: str = "bilinear",
     ):
+        if not specs:
+            raise ValueError("a transform needs at least one input spec")
         self.in_channels = in_channels
         self.fmt = fmt
         self.crop_padding = crop_padding
         self.flip = flip
+        self.interpolation = interpolation
+        self.specs = tuple(specs)
+        self._scales: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._slot: list[int] = []  # spec k -> index of the first spec that normalises like it
         shape = (1, fmt.channels, 1, 1)
-        self.mean = torch.tensor(fmt.mean, device=device).view(shape) * 255.0
-        self.std = torch.tensor(fmt.std, device=device).view(shape) * 255.0
-        self.grey = torch.tensor(_GREY_WEIGHTS, device=device).view(1, 3, 1, 1)
+        for k, spec in enumerate(self.specs):
+            if spec.channels != fmt.channels:
+                raise ValueError(f"a {spec.channels}-channel spec for {fmt.channels}-channel images")
+            first = next(j for j in range(k + 1) if self.specs[j].normalisation_equals(spec))
+            self._slot.append(first)
+            mean = torch.tensor(spec.mean, device=device).view(shape) * 255.0
+            std = torch.tensor(spec.std, device=device).view(shape) * 255.0
+            self._scales.append((mean, std))
+        self.grey = torch.tensor(GREY_WEIGHTS, device=device).view(1, 3, 1, 1)
 
     @property
     def num_views(self) -> int:
@@ -100,7 +127,8 @@ class DeviceTransform:
         side = 2 * self.crop_padding + 1
         return (self.crop_padding * side + self.crop_padding) * (2 if self.flip else 1)
 
-    def __call__(self, images: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
+    def pixels(self, images: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
+        """The augmented, resized float pixels (0..255) every spec normalises."""
         x = images
         if views is not None and self.num_views > 1:
             x = self._augment(x, views)
@@ -108,9 +136,20 @@ class DeviceTransform:
         if self.fmt.channels != self.in_channels:
             x = x.expand(-1, 3, -1, -1) if self.fmt.channels == 3 else (x * self.grey).sum(1, keepdim=True)
         if x.shape[-1] != self.fmt.size or x.shape[-2] != self.fmt.size:
-            shrink = x.shape[-1] > self.fmt.size
-            x = F.interpolate(x, size=(self.fmt.size, self.fmt.size), mode="bilinear", antialias=shrink)
-        return (x - self.mean) / self.std
+            shrink = x.shape[-1] > self.fmt.size and self.interpolation != "nearest"
+            x = F.interpolate(
+                x, size=(self.fmt.size, self.fmt.size), mode=self.interpolation, antialias=shrink
+            )
+            if self.interpolation == "bicubic":  # bicubic overshoots; real pixels stay in range
+                x = x.clamp(0.0, 255.0)
+        return x
+
+    def __call__(self, images: torch.Tensor, views: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        x = self.pixels(images, views)
+        out: list[torch.Tensor] = []
+        for k, (mean, std) in enumerate(self._scales):
+            out.append(out[self._slot[k]] if self._slot[k] < k else (x - mean) / std)
+        return tuple(out)
 
     def _augment(self, x: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         flips = views % 2 if self.flip else torch.zeros_like(views)
@@ -163,6 +202,7 @@ class Loader:
         world_size: int = 1,
         num_workers: int = 0,
         decoding: FileDecoding | None = None,
+        report_damage: bool = True,
     ):
         self.split = split
         self.transform = transform
@@ -174,6 +214,9 @@ class Loader:
         self.world_size = world_size
         self.num_workers = min(num_workers, usable_cpus())
         self.decoding = decoding or FileDecoding()
+        # A pass reports the damaged files it met at its end, unless its owner (a training run) reports
+        # once for all its passes.
+        self.report_damage = report_damage
         self.labels = split.labels.to(device)
         self.images = split.images.to(device) if isinstance(split, TensorSplit) else None
 
@@ -213,9 +256,9 @@ class Loader:
                 if views_dev is not None
                 else None
             )
-            images = self.transform(self.images[index], view)
+            inputs = self.transform(self.images[index], view)
             view_ids = view if view is not None else torch.full_like(index, identity)
-            yield Batch(images, self.labels[index], index, view_ids)
+            yield Batch(inputs[0], self.labels[index], index, view_ids, inputs[-1])
 
     def _file_batches(
         self, epoch: int, order: torch.Tensor, views: torch.Tensor | None, steps: int, identity: int
@@ -231,28 +274,27 @@ class Loader:
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
         )
-        replaced: list[int] = []
         try:
             for step, (images, sources, reasons) in enumerate(loader):
                 window = slice(step * self.batch_size, step * self.batch_size + images.shape[0])
                 index = order[window]
-                replaced += self._undecoded(split, index, sources, reasons)
+                self._undecoded(split, index, sources, reasons)
                 view = views[window] if views is not None else None
                 images = images.to(self.device, non_blocking=True)
                 view_dev = view.to(self.device, non_blocking=True) if view is not None else None
                 index_dev = index.to(self.device, non_blocking=True)
-                normalised = self.transform(images, view_dev)
+                inputs = self.transform(images, view_dev)
                 view_ids = view_dev if view_dev is not None else torch.full_like(index_dev, identity)
-                yield Batch(normalised, self.labels[index_dev], index_dev, view_ids)
+                yield Batch(inputs[0], self.labels[index_dev], index_dev, view_ids, inputs[-1])
         finally:  # also when the consumer stops early (one example batch) or a later step fails
-            _warn_replaced(split, replaced)
+            if self.report_damage:
+                report_damage(split.damage)
 
     def _undecoded(
         self, split: FileSplit, index: torch.Tensor, sources: torch.Tensor, reasons: list[str]
-    ) -> list[int]:
-        """Samples of a batch whose file did not decode and that no warning has named yet; raises when
-        nothing stood in for one (``on_bad_image=error``, or no file of its class decodes)."""
-        new = []
+    ) -> None:
+        """Record the samples of a batch whose file did not decode; raise when nothing stood in for one
+        (``on_bad_image=error``, or no file of its class decodes)."""
         for k in torch.nonzero(sources != index).flatten().tolist():
             i = int(index[k])
             if int(sources[k]) < 0:
@@ -265,21 +307,26 @@ class Loader:
                     f"'{split.paths[i]}' cannot be decoded ({reasons[k]}) and no other image of its class "
                     "decodes to stand in for it; fix or remove the broken files."
                 )
-            if i not in split.reported:
-                split.reported.add(i)
-                new.append(i)
-        return new
+            split.damage.found.setdefault(split.paths[i], split.part)
 
 
-def _warn_replaced(split: FileSplit, replaced: list[int], named: int = 3) -> None:
-    """One warning for the files of a pass that did not decode: how many, and the first ``named``."""
-    if not replaced:
+def report_damage(damage: DamageLog, named: int = 3) -> None:
+    """One warning for the undecodable files not reported yet: how many, in which split, the first
+    ``named`` of them."""
+    new = damage.unreported()
+    if not new:
         return
-    names = ", ".join(f"'{split.paths[i]}'" for i in sorted(replaced)[:named])
-    more = f" and {len(replaced) - named} more" if len(replaced) > named else ""
-    files = "1 image file" if len(replaced) == 1 else f"{len(replaced)} image files"
+    damage.reported.update(new)
+    names = ", ".join(f"'{path}'" for path in new[:named])
+    more = f" and {len(new) - named} more" if len(new) > named else ""
+    parts = sorted({damage.found[p] for p in new if damage.found[p]})
+    where = ""
+    if len(parts) > 1:
+        counts = ", ".join(f"{sum(damage.found[p] == part for p in new)} in {part}" for part in parts)
+        where = f" ({counts})"
+    files = "1 image file" if len(new) == 1 else f"{len(new)} image files"
     warnings.warn(
-        f"{files} could not be decoded, so another image of the same class stands in for each: "
+        f"{files}{where} could not be decoded, so another image of the same class stands in for each: "
         f"{names}{more} (set data.on_bad_image=error to stop on them instead).",
         stacklevel=2,
     )

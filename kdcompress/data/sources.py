@@ -40,20 +40,32 @@ class TensorSplit:
 
 
 @dataclass
+class DamageLog:
+    """Image files found undecodable during a run, shared by every split and subset of one dataset, so
+    the user hears of each file once, however many loaders, passes and subsets meet it. Damage inside a
+    file only shows when it is decoded: the loader records it, its owner reports it."""
+
+    found: dict[Path, str] = field(default_factory=dict)  # path -> the split it is in ("train", "val")
+    reported: set[Path] = field(default_factory=set)
+
+    def unreported(self) -> list[Path]:
+        return sorted(p for p in self.found if p not in self.reported)
+
+
+@dataclass
 class FileSplit:
     """A split of image files, decoded on demand (datasets too large to hold in memory)."""
 
     paths: list[Path]
     labels: torch.Tensor
-    # Files a warning has named as undecodable: each is named once, however many loaders and epochs
-    # meet it (the loader fills this in; damage inside a file only shows when it is decoded).
-    reported: set[int] = field(default_factory=set, compare=False, repr=False)
+    part: str = ""  # "train" or "val": named in warnings
+    damage: DamageLog = field(default_factory=DamageLog, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def subset(self, index: torch.Tensor) -> FileSplit:
-        return FileSplit([self.paths[i] for i in index.tolist()], self.labels[index])
+        return FileSplit([self.paths[i] for i in index.tolist()], self.labels[index], self.part, self.damage)
 
 
 Split = TensorSplit | FileSplit
@@ -297,10 +309,12 @@ def _imagefolder(arg: str | None) -> Dataset:
     if not val:
         raise UserError(f"'{root / 'val'}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
 
-    def listing(files_by_class: dict[str, list[Path]]) -> FileSplit:
+    damage = DamageLog()
+
+    def listing(files_by_class: dict[str, list[Path]], part: str) -> FileSplit:
         paths = [file for files in files_by_class.values() for file in files]
         labels = [index[name] for name, files in files_by_class.items() for _ in files]
-        return FileSplit(paths, torch.tensor(labels, dtype=torch.int64))
+        return FileSplit(paths, torch.tensor(labels, dtype=torch.int64), part, damage)
 
     return Dataset(
         name="imagefolder",
@@ -309,8 +323,8 @@ def _imagefolder(arg: str | None) -> Dataset:
         native_size=224,
         mean=(0.485, 0.456, 0.406),
         std=(0.229, 0.224, 0.225),
-        train=listing({name: train[name] for name in classes}),
-        val=listing(val),
+        train=listing({name: train[name] for name in classes}, "train"),
+        val=listing(val, "val"),
         class_names=classes,
     )
 

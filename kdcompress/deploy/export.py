@@ -30,7 +30,7 @@ from kdcompress.deploy import (
     VERIFY_IMAGES,
     quantize,
 )
-from kdcompress.deploy.onnx import VerificationError, export_onnx, verify_parity
+from kdcompress.deploy.onnx import VerificationError, describe, export_onnx, verify_parity
 from kdcompress.errors import UserError
 from kdcompress.run_folder import TrainedModel, data_for_model, load_trained
 
@@ -156,7 +156,9 @@ def export(
     if "safetensors" in formats:
         result.files["safetensors"] = export_safetensors(trained, out)
     if "onnx" in formats:
-        onnx_path = export_onnx(trained.model, trained.input_size, out / "model.onnx", opset)
+        onnx_path = export_onnx(
+            trained.model, trained.input_size, out / "model.onnx", opset, describe(trained.config)
+        )
         try:
             result.parity = verify_onnx(onnx_path, trained, data)
         except VerificationError:

@@ -10,6 +10,7 @@ is only trusted once its opset is the one asked for and onnxruntime reproduces P
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,73 @@ def file_opset(path: Path) -> int:
     return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def export_onnx(model: nn.Module, input_size: tuple[int, int, int], path: Path, opset: int) -> Path:
-    """Export ``model`` to one ONNX file at ``opset`` with a dynamic batch axis named ``batch``."""
+#: The ``metadata_props`` key holding the model's whole ``config.json`` (so the file describes itself).
+CONFIG_KEY = "kdcompress.config"
+
+
+def describe(config: dict[str, Any]) -> dict[str, str]:
+    """The ``metadata_props`` of an exported file: its ``config.json`` whole, and the input spec, classes
+    and versions under plain keys for tools that do not know kdcompress."""
+    from kdcompress import __version__
+
+    cfg = config.get("pretrained_cfg", {})
+    names = config.get("kdcompress", {}).get("class_names") or []
+    props = {
+        CONFIG_KEY: json.dumps(config),
+        "kdcompress_version": __version__,
+        "architecture": str(config.get("architecture", "")),
+        "num_classes": str(config.get("num_classes", "")),
+        "input_size": json.dumps(cfg.get("input_size")),
+        "mean": json.dumps(cfg.get("mean")),
+        "std": json.dumps(cfg.get("std")),
+        "interpolation": str(cfg.get("interpolation", "")),
+        "crop_pct": json.dumps(cfg.get("crop_pct")),
+        "class_names": json.dumps(names),
+    }
+    return props
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """An ONNX file's ``metadata_props`` as a dict (empty when it has none)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def config_from_metadata(path: Path) -> dict[str, Any] | None:
+    """The ``config.json`` an exported file carries, or None for ONNX files made elsewhere."""
+    text = read_metadata(path).get(CONFIG_KEY)
+    if text is None:
+        return None
+    try:
+        config = json.loads(text)
+    except ValueError:
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def _stamp(model: Any, metadata: dict[str, str] | None) -> Any:
+    """Set ``metadata`` on an ``onnx.ModelProto`` (replacing earlier values of the same keys)."""
+    if metadata:
+        kept = [p for p in model.metadata_props if p.key not in metadata]
+        del model.metadata_props[:]
+        model.metadata_props.extend(kept)
+        for key, value in metadata.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+    return model
+
+
+def export_onnx(
+    model: nn.Module,
+    input_size: tuple[int, int, int],
+    path: Path,
+    opset: int,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Export ``model`` to one ONNX file at ``opset`` with a dynamic batch axis named ``batch``, carrying
+    ``metadata`` in its ``metadata_props``."""
     if not 11 <= opset <= max_opset():
         raise UserError(f"ONNX opset {opset} is not available; use an opset from 11 to {max_opset()}.")
     model = model.eval()
@@ -84,16 +150,21 @@ def export_onnx(model: nn.Module, input_size: tuple[int, int, int], path: Path, 
                 f"The exporter wrote opset {written} instead of {opset} for this model; "
                 f"use --opset {written}."
             )
+        if metadata:
+            import onnx
+
+            onnx.save_model(_stamp(onnx.load(str(tmp)), metadata), str(tmp))
 
     checkpoint.atomic_write(path, write)
     return path
 
 
-def save_onnx(model: Any, path: Path) -> None:
-    """Save an ``onnx.ModelProto`` as one file, atomically."""
+def save_onnx(model: Any, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Save an ``onnx.ModelProto`` as one file, atomically, with ``metadata`` added to its props."""
     import onnx
 
-    checkpoint.atomic_write(path, lambda tmp: onnx.save_model(model, str(tmp)))
+    stamped = _stamp(model, metadata)
+    checkpoint.atomic_write(path, lambda tmp: onnx.save_model(stamped, str(tmp)))
 
 
 def onnx_session(path: Path, providers: list | None = None, threads: int | None = None):

@@ -38,7 +38,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
-from kdcompress.deploy.onnx import VerificationError, onnx_session, save_onnx
+from kdcompress.deploy.onnx import VerificationError, onnx_session, read_metadata, save_onnx
 from kdcompress.errors import UserError
 from kdcompress.models.cost import flop_counts
 
@@ -127,9 +127,10 @@ def convert_fp16(source: Path, target: Path) -> Path:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(source))
+    metadata = {prop.key: prop.value for prop in model.metadata_props}
     with _quiet_onnxruntime():
         half = convert_float_to_float16(model, keep_io_types=True)
-    save_onnx(half, target)
+    save_onnx(half, target, metadata)
     return target
 
 
@@ -183,7 +184,8 @@ def quantize_int8(
                 op_types_to_quantize=["MatMul", "Gemm"],
                 weight_type=QuantType.QInt8,
             )
-        save_onnx(onnx.load(str(written)), target)
+        # onnxruntime's quantizers build a new model; the fp32 file's description carries over.
+        save_onnx(onnx.load(str(written)), target, read_metadata(source))
     return target
 
 

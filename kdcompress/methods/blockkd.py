@@ -117,7 +117,8 @@ class BlockKD(Method):
         weighted = [(logits, 1.0)] + [(z, 2.0 ** -(n - i)) for i, z in enumerate(stones, start=1)]
         task = sum(w * F.cross_entropy(z, labels) for z, w in weighted)
         distill = sum(w * losses.kd(z, teacher_out, temperature) for z, w in weighted)
-        ensemble = torch.stack([z.float() for z in stones]).mean(0).detach()
+        wide = torch.promote_types(stones[0].dtype, torch.float32)  # as the losses compute (losses.py)
+        ensemble = torch.stack([z.to(wide) for z in stones]).mean(0).detach()
         cross = losses.kd(logits, ensemble, temperature) + sum(
             losses.kd(z, ensemble, temperature) for z in stones
         )

@@ -138,12 +138,13 @@ class FeatKD(Method):
         tap = self._student_tap
         with tap:
             logits = self.student(images)
-        total = torch.zeros((), device=logits.device, dtype=torch.float32)
-        for pair, projector, name, target in zip(
-            self.pairs, self.projectors, self.student_layers, teacher_out[: len(self.pairs)], strict=True
-        ):
-            projected = projector(pair.to_common(tap.features[name], "student"))
-            total = total + F.mse_loss(projected.float(), target.float())
+        pair_losses = [
+            losses.feature_mse(projector(pair.to_common(tap.features[name], "student")), target)
+            for pair, projector, name, target in zip(
+                self.pairs, self.projectors, self.student_layers, teacher_out[: len(self.pairs)], strict=True
+            )
+        ]
+        total = torch.stack(pair_losses).sum()
         tap.features = {}  # drop the references (the graph keeps what backward needs)
         cfg = self.config
         terms = {"feat": cfg.w_feat * total / len(self.pairs), "ce": F.cross_entropy(logits, labels)}

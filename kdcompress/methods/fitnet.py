@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, PrivateAttr
 
+from kdcompress import losses
 from kdcompress.methods.alignment import AlignmentOptions
 from kdcompress.methods.base import Method, Progress
 from kdcompress.methods.registry import register
@@ -87,7 +88,7 @@ class FitNet(Method):
         with self._student_tap as tap:
             logits = self.student(images)
         feature = tap.features.pop(self.student_layer)
-        hint = F.mse_loss(self.connector(feature).float(), teacher_out.float())
+        hint = losses.feature_mse(self.connector(feature), teacher_out)
         return logits, {"ce": F.cross_entropy(logits, labels), "hint": self.config.w * hint}
 
     def extra_state_for_report(self) -> dict[str, Any]:

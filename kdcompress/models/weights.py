@@ -8,7 +8,9 @@ or export folders (their ``student.safetensors`` / ``model.safetensors``).
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,6 +35,14 @@ def resolve_weights_path(path: str | Path) -> Path:
     return file
 
 
+def _load_checkpoint(file: Path) -> Any:
+    """A torch checkpoint, loaded without running arbitrary code (``weights_only``). timm's ``train.py``
+    stores its ``argparse.Namespace`` of training arguments beside the weights, so that one class is
+    allowed too."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(file, map_location="cpu", weights_only=True)
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A flat ``name -> tensor`` dict from any supported weight file, wrappers and prefixes removed."""
     file = resolve_weights_path(path)
@@ -42,7 +52,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             state = load_file(str(file))
         else:
-            state = torch.load(file, map_location="cpu", weights_only=True)
+            state = _load_checkpoint(file)
     except Exception as exc:  # a corrupt or foreign file can fail in many ways; all mean the same to a user
         raise UserError(
             f"Weight file '{file}' could not be read ({type(exc).__name__}); is it corrupt?"
@@ -54,6 +64,22 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"Weight file '{file}' does not hold a state dict of tensors.")
     return {_strip_prefixes(k): v for k, v in state.items()}
+
+
+def read_training_args(path: str | Path) -> dict[str, Any] | None:
+    """The training arguments a torch checkpoint stores beside its weights (timm ``train.py``'s
+    ``args``), as a dict; None for safetensors files and checkpoints without them."""
+    file = resolve_weights_path(path)
+    if file.suffix == ".safetensors":
+        return None
+    try:
+        checkpoint = _load_checkpoint(file)
+    except Exception:  # unreadable files are reported when their weights are read
+        return None
+    args = checkpoint.get("args") if isinstance(checkpoint, dict) else None
+    if isinstance(args, argparse.Namespace):
+        return vars(args)
+    return args if isinstance(args, dict) else None
 
 
 def _strip_prefixes(key: str) -> str:

@@ -19,6 +19,7 @@ import json
 import math
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from kdcompress.evaluate import autocast_for, evaluate, resolve_precision
 from kdcompress.methods import Progress as StepProgress
 from kdcompress.models import count_parameters
 from kdcompress.recipe import Recipe
+from kdcompress.run_lock import RunLock
 from kdcompress.runtime import Runtime, all_reduce_sum, setup_runtime
 from kdcompress.train.display import RunDisplay
 from kdcompress.train.prepare import Prepared, prepare, seed_everything, student_config
@@ -42,6 +44,7 @@ from kdcompress.train.result import RunInterrupted, RunResult
 from kdcompress.train.resume import RECIPE_FILE, plan_resume
 from kdcompress.train.schedule import build_optimizer, build_scheduler
 from kdcompress.train.teacher_cache import TeacherCache
+from kdcompress.train.teacher_check import check_teacher
 
 
 class Trainer:
@@ -86,10 +89,26 @@ class Trainer:
             rank=runtime.rank,
             world=world,
             workers=workers,
+            specs=prepared.loader_specs,
+            report_damage=False,  # once per epoch for the run (below), not once per pass
         )
         self.val_loader = data.val_loader(
-            train.eval_batch_size, runtime.device, rank=runtime.rank, world=world, workers=workers
+            train.eval_batch_size,
+            runtime.device,
+            rank=runtime.rank,
+            world=world,
+            workers=workers,
+            specs=prepared.loader_specs,
+            report_damage=False,
         )
+        samples = len(data.dataset.train) // world
+        if samples < train.batch_size // world and runtime.is_main:
+            warnings.warn(
+                f"train.batch_size {train.batch_size} is larger than the {samples * world} training images, "
+                f"so every epoch is a single batch of {samples * world}; lower train.batch_size for more "
+                "steps per epoch.",
+                stacklevel=2,
+            )
         if len(self.train_loader) == 0:
             raise UserError(
                 "The training split is smaller than one batch per process; lower train.batch_size."
@@ -178,13 +197,18 @@ class Trainer:
             return self.method.teacher_outputs(images)
         return self.teacher_cache.fetch(images, batch.indices, batch.views, self.method.teacher_outputs)
 
+    def _layout(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
     def train_step(self, batch: Batch, progress: StepProgress) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """One optimizer step: teacher outputs, student loss terms, backward, update (no host sync)."""
-        images = (
-            batch.images.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.images
+        images = self._layout(batch.images)
+        # The teacher's own input when its spec differs; otherwise the very same tensor.
+        teacher_images = (
+            images if batch.teacher_images is batch.images else self._layout(batch.teacher_images)
         )
         with autocast_for(self.runtime.device, self.precision):
-            teacher_out = self.teacher_outputs(batch, images)
+            teacher_out = self.teacher_outputs(batch, teacher_images)
             logits, terms = self.step_model(images, batch.labels, progress, teacher_out)
             loss = sum(terms.values())
         self.optimizer.zero_grad(set_to_none=True)
@@ -249,9 +273,10 @@ class Trainer:
             if extended_from is None and (self.checkpoint_epochs or epochs) < epochs:
                 extended_from = self.checkpoint_epochs
         elif self.prepared.teacher is not None:
-            self.teacher_top1 = evaluate(self.prepared.teacher, self.val_loader, runtime, self.precision)[
-                "top1"
-            ]
+            self.teacher_top1 = evaluate(
+                self.prepared.teacher, self.val_loader, runtime, self.precision, teacher=True
+            )["top1"]
+            self._check_teacher(None)
         if extended_from is not None:
             lr = self.optimizer.param_groups[0]["lr"]
             self.notes.append(
@@ -282,6 +307,10 @@ class Trainer:
                 row["best_val_top1"] = self.best_top1
                 self.history.append(row)
                 if runtime.is_main:
+                    self.prepared.data.report_damage()
+                if epoch == 1 and not resume:
+                    self._check_teacher(val["top1"])
+                if runtime.is_main:
                     self._save_epoch(epoch, improved)
                     if not self.quiet:
                         self._print_epoch(row)
@@ -296,6 +325,27 @@ class Trainer:
             self.history,
             list(self.notes),
         )
+
+    def _check_teacher(self, student_top1: float | None) -> None:
+        """Warn when the teacher does not seem to know the data as it is fed (:mod:`.teacher_check`);
+        every process takes part in the check's evaluations, the main one prints."""
+        prepared = self.prepared
+        if self.teacher_top1 is None or prepared.teacher is None:
+            return
+        used = prepared.specs["teacher"]
+        finding = check_teacher(
+            prepared.teacher,
+            prepared.data,
+            used,
+            self.teacher_top1,
+            self.runtime,
+            self.precision,
+            assumed="teacher" in prepared.assumed,
+            student_top1=student_top1,
+        )
+        message = finding.message(used)
+        if message and self.runtime.is_main:
+            warnings.warn(message, stacklevel=2)
 
     def _save_epoch(self, epoch: int, improved: bool) -> None:
         extra = {
@@ -380,41 +430,48 @@ def run(
     """
     console = console or Console(stderr=True)
     runtime = setup_runtime(recipe.train.device)
-    if resume and not (run_dir / RECIPE_FILE).is_file() and checkpoint.holds_only_leftovers(run_dir):
-        # Killed inside its first write: nothing of the run was kept, so resuming is starting over.
-        resume = False
-        if runtime.is_main and not quiet:
-            console.print(
-                f"Nothing of the run in '{run_dir}' was kept (it stopped in its first write): starting over."
-            )
+    lock = RunLock(run_dir)
     if runtime.is_main:
-        check_run_dir(run_dir, resume)
-    extended_from = None
-    if resume:
-        plan = plan_resume(run_dir, recipe, extend)
-        recipe, extended_from = plan.recipe, plan.extended_from
-    if runtime.is_main:
-        checkpoint.remove_leftovers(run_dir)
-    prepared = prepare(recipe)
-    created = not run_dir.exists()
-    has_checkpoint = resume and checkpoint.last_dir(run_dir) is not None
-    trainer = None
+        if (resume and not run_dir.exists()) or (run_dir.exists() and not run_dir.is_dir()):
+            check_run_dir(run_dir, resume)  # say what is wrong without creating or locking anything
+        lock.acquire("this run")  # one writer per folder, before anything is written (rank 0's lock)
+    prepared = trainer = None
     try:
-        trainer = Trainer(prepared, run_dir, runtime, console, quiet, shared_bar)
+        if resume and not (run_dir / RECIPE_FILE).is_file() and checkpoint.holds_only_leftovers(run_dir):
+            # Killed inside its first write: nothing of the run was kept, so resuming is starting over.
+            resume = False
+            if runtime.is_main and not quiet:
+                console.print(
+                    f"Nothing of the run in '{run_dir}' was kept (it stopped in its first write): "
+                    "starting over."
+                )
         if runtime.is_main:
-            checkpoint.make_folder(run_dir)
+            check_run_dir(run_dir, resume)
+        extended_from = None
+        if resume:
+            plan = plan_resume(run_dir, recipe, extend)
+            recipe, extended_from = plan.recipe, plan.extended_from
+        if runtime.is_main:
+            checkpoint.remove_leftovers(run_dir)
+        prepared = prepare(recipe)
+        has_checkpoint = resume and checkpoint.last_dir(run_dir) is not None
+        trainer = Trainer(prepared, run_dir, runtime, console, quiet, shared_bar)
         result = trainer.fit(has_checkpoint, extended_from)
     except BaseException as exc:
         kept = checkpoint.last_dir(run_dir) is not None
         # A run that failed before its first checkpoint leaves no folder behind.
-        if created and runtime.is_main and not kept:
+        if lock.created and runtime.is_main and not kept:
             shutil.rmtree(run_dir, ignore_errors=True)
+        lock.release()
         if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, RunInterrupted):
             done = len(trainer.history) if trainer is not None else 0
             raise RunInterrupted(run_dir, done, recipe.train.epochs, kept) from None
         if isinstance(exc, DiskFull):
             raise DiskFull(disk_full_message(exc, run_dir, kept)) from None
         raise
-    if runtime.is_main:
-        write_report(result, prepared.recipe, prepared.method.extra_state_for_report())
+    try:
+        if runtime.is_main:
+            write_report(result, prepared.recipe, prepared.method.extra_state_for_report())
+    finally:
+        lock.release()
     return result

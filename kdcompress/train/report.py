@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from kdcompress import checkpoint
+from kdcompress.data.spec import InputSpec
 from kdcompress.formatting import ratio, si
 from kdcompress.models.cost import count_flops, torch_latency
 from kdcompress.models.factory import build_model
@@ -83,6 +84,14 @@ def _fact(value: Any) -> str:
     return "`" + json.dumps(value) + "`"
 
 
+def _input_fact(record: dict[str, Any]) -> str:
+    """``mean (0.5, 0.5, 0.5), std (...), bicubic, crop 0.875, from timm's pretrained_cfg of ...``."""
+    spec = InputSpec(
+        tuple(record["mean"]), tuple(record["std"]), record.get("interpolation"), record.get("crop_pct")
+    )
+    return f"{spec.describe()}; from {record.get('origin') or 'the recipe'}"
+
+
 def _recipe_summary(recipe: Recipe, config: dict[str, Any] | None) -> list[str]:
     options = recipe.method_options()
     method = recipe.method.name + (
@@ -103,11 +112,13 @@ def _recipe_summary(recipe: Recipe, config: dict[str, Any] | None) -> list[str]:
         teacher = recipe.teacher.arch + (f": {origins['teacher']}" if origins.get("teacher") else "")
     student = recipe.student.arch + (f": {origins['student']}" if origins.get("student") else "")
     optim, schedule, train = recipe.optim, recipe.schedule, recipe.train
+    inputs = (config or {}).get("kdcompress", {}).get("inputs", {})
     rows = [
         ("student", student),
         ("teacher", teacher),
         ("method", method),
         ("data", data),
+        *((f"{role} input", _input_fact(spec)) for role, spec in inputs.items()),
         (
             "training",
             f"{train.epochs} epochs, batch {train.batch_size}, precision {train.precision}, "

@@ -37,6 +37,11 @@ RUNTIME_FIELDS = (
 )
 
 
+#: Fields a run resolves when left unset (each model's input spec, the shared resampling) and records;
+#: an unset request matches whatever was recorded for them.
+RESOLVED_FIELDS = ("student.input", "teacher.input", "data.interpolation", "data.crop_pct")
+
+
 @dataclass(frozen=True)
 class ResumePlan:
     """The recipe to continue with, and whether (and from how many epochs) it was extended."""
@@ -55,8 +60,16 @@ def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _under(path: str, fields: tuple[str, ...]) -> bool:
+    return any(path == field or path.startswith(field + ".") for field in fields)
+
+
 def _runtime(path: str) -> bool:
-    return any(path == field or path.startswith(field + ".") for field in RUNTIME_FIELDS)
+    return _under(path, RUNTIME_FIELDS)
+
+
+def _unset_resolved(path: str, value: Any) -> bool:
+    return value is None and _under(path, RESOLVED_FIELDS)
 
 
 def _normalised(data: dict[str, Any]) -> dict[str, Any]:
@@ -96,7 +109,11 @@ def plan_resume(run_dir: Path, requested: Recipe, extend: bool = False) -> Resum
     conflicts = [
         path
         for path, value in new.items()
-        if not _runtime(path) and path != "train.epochs" and path in old and old[path] != value
+        if not _runtime(path)
+        and not _unset_resolved(path, value)
+        and path != "train.epochs"
+        and path in old
+        and old[path] != value
     ]
     conflicts += [path for path in new if path not in old and not _runtime(path) and new[path] is not None]
     if conflicts:
