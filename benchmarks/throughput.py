@@ -40,7 +40,7 @@ import torch
 from rich.console import Console
 
 from kdcompress.evaluate import autocast_for
-from kdcompress.methods import Progress
+from kdcompress.methods import StepProgress
 from kdcompress.recipe import validate_recipe
 from kdcompress.runtime import setup_runtime
 from kdcompress.train import engine
@@ -141,7 +141,7 @@ def bench_pair(name: str, pair: dict, args: argparse.Namespace, batch: int) -> l
     trainers["kd+cache"] = make("kd", cache=True)
     two = make_trainer(pair, "kd", args.device, batch, args.compile_mode, False, args.steps, two_specs=True)
     dev = trainers["ce"].runtime.device
-    progress = Progress(epoch=30, step=0, steps_per_epoch=10)  # past every warm-up: full loss terms
+    progress = StepProgress(epoch=30, step=0, steps_per_epoch=10)  # past every warm-up: full loss terms
     batches = {key: next(iter(t.train_loader.batches(1))) for key, t in trainers.items()}
     kd = trainers["kd"]
 

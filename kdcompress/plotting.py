@@ -1,4 +1,5 @@
-"""Every figure the toolkit draws: training curves (report), layer quality (probe) and leaderboards.
+"""Every figure the toolkit draws: training curves (report), layer quality (probe), leaderboards and the
+deployment frontier (compare).
 
 All of them use matplotlib's object API (``matplotlib.figure.Figure`` with the Agg canvas): no pyplot
 state, no display, safe in threads and on headless machines. Files are written atomically like every
@@ -16,7 +17,7 @@ from kdcompress import checkpoint
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from kdcompress.analysis.probe import ProbeResult
+    from kdcompress.probe.layers import ProbeResult
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -134,3 +135,60 @@ def plot_leaderboard(board: dict[str, Any], path: Path) -> None:
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize="small", loc="lower right")
     save_figure(fig, path)
+
+
+def plot_frontier(board: dict[str, Any], path: Path) -> None:
+    """Deployed top-1 against deployed latency: one point per (student, method), the seed std as error
+    bars, each student's scratch baseline hollow, and the Pareto front drawn through its points."""
+    rows = [r for r in board["rows"] if r.get("latency_ms") is not None]
+    fig = _figure(8, 5.5)
+    ax = fig.subplots()
+    students = [s["arch"] for s in board.get("students", [])]
+    colours = {name: f"C{i % 10}" for i, name in enumerate(students)}
+    for r in rows:
+        top1 = r["deployed_top1_mean"] if r["deployed_top1_mean"] is not None else r["best_top1_mean"]
+        if top1 is None:
+            continue
+        spread = r["deployed_top1_std"] if r["deployed_top1_mean"] is not None else r["best_top1_std"]
+        baseline = r["method"].startswith("ce")
+        ax.errorbar(
+            r["latency_ms"],
+            top1,
+            yerr=spread or 0.0,
+            fmt="o",
+            color=colours.get(r["student"], "black"),
+            mfc="none" if baseline else colours.get(r["student"], "black"),
+            capsize=3,
+            markersize=7,
+        )
+    front = sorted(
+        (r for r in rows if r.get("on_front")),
+        key=lambda r: r["latency_ms"],
+    )
+    if front:
+        xs = [r["latency_ms"] for r in front]
+        ys = [
+            r["deployed_top1_mean"] if r["deployed_top1_mean"] is not None else r["best_top1_mean"]
+            for r in front
+        ]
+        ax.step(xs, ys, where="post", color="black", linewidth=1, alpha=0.6, label="Pareto front")
+        for r, x, y in zip(front, xs, ys, strict=True):
+            ax.annotate(
+                f"{r['student']}\n{r['method']}",
+                (x, y),
+                textcoords="offset points",
+                xytext=(6, 6),
+                fontsize=7,
+            )
+    for name in students:
+        ax.plot([], [], "o", color=colours[name], label=name)
+    ax.plot([], [], "o", mfc="none", color="grey", label="ce (scratch)")
+    deploy = board.get("deploy") or {}
+    ax.set(
+        xlabel=f"latency (ms, batch {deploy.get('batch', 1)}, {deploy.get('precision', 'fp32')} onnxruntime)",
+        ylabel=f"top-1 (%) of the {deploy.get('precision', 'fp32')} file, mean over seeds",
+        title="which student to ship: deployed accuracy against latency",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="lower right")
+    save_figure(fig, path, dpi=120)

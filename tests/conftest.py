@@ -18,6 +18,8 @@ from kdcompress.recipe import validate_recipe
 from kdcompress.runtime import Runtime, setup_runtime
 from kdcompress.train import engine
 
+#: torch threads in every test (and in the subprocesses that must compute the same float sums).
+TEST_THREADS = 1
 TINY_DATA = {"source": "digits", "train_limit": 256, "val_limit": 128}
 TINY_TRAIN = {"device": "cpu", "batch_size": 64, "epochs": 1, "seed": 0}
 
@@ -87,9 +89,11 @@ def assert_same_training(
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Keep every test's caches out of the user's home and the thread count predictable."""
+    """Keep every test's caches out of the user's home and the thread count predictable: one thread, as
+    the tests' models are tiny (a second thread only adds synchronisation, and on a machine whose other
+    core is busy it stalls every op)."""
     monkeypatch.setenv("KDCOMPRESS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    torch.set_num_threads(2)
+    torch.set_num_threads(TEST_THREADS)
 
 
 @pytest.fixture

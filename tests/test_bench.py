@@ -86,7 +86,6 @@ def test_architecture_names_with_onnx(runner, tmp_path):
     [
         (["resnet18q"], "neither a kdcompress run/export folder nor a timm architecture"),
         (["./no/such/folder"], "does not exist"),
-        (["resnet18", "resnet18", "resnet18"], "two arguments at most"),
         (["resnet18", "--batch-sizes", "1,x"], "--batch-sizes '1,x'"),
         (["resnet18", "--input-size", "3,32"], "--input-size '3,32'"),
     ],
@@ -94,6 +93,18 @@ def test_architecture_names_with_onnx(runner, tmp_path):
 def test_bad_arguments_exit_2(runner, args, needle):
     result = runner.invoke(app, ["bench", *args])
     assert result.exit_code == 2 and needle in result.output, result.output
+
+
+def test_several_models_are_benched_side_by_side_without_ratios(runner, tmp_path):
+    """Candidate files of a compare, benched together on the target device (compare --latency-json)."""
+    out = tmp_path / "bench.json"
+    args = ["bench", "cifar_resnet8", "cifar_resnet14", "cifar_resnet20", "--input-size", "3,16,16"]
+    args += ["--num-classes", "10", "--batch-sizes", "1", "--repeats", "2", "--device", "cpu"]
+    result = runner.invoke(app, [*args, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert [m["arch"] for m in report["models"]] == ["cifar_resnet8", "cifar_resnet14", "cifar_resnet20"]
+    assert [m["role"] for m in report["models"]] == ["model"] * 3 and report["ratios"] == {}
 
 
 def test_flops_and_latency_helpers():

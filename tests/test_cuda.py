@@ -21,7 +21,7 @@ import yaml
 
 from kdcompress import checkpoint
 from kdcompress.cli import app
-from kdcompress.methods import Progress
+from kdcompress.methods import StepProgress
 from kdcompress.train.display import RunDisplay
 from tests.conftest import step_trainer
 
@@ -81,12 +81,12 @@ def test_the_step_makes_no_cuda_sync(teacher_run, tmp_path, method):
     assert trainer.precision == "bf16" and trainer.channels_last
     batches = list(trainer.train_loader.batches(1))
     # The first step initialises cuBLAS, cuDNN and the optimizer state; the steady state is what counts.
-    trainer.train_step(batches[0], Progress(30, 0, 4))
+    trainer.train_step(batches[0], StepProgress(30, 0, 4))
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for step, batch in enumerate(batches[1:], start=1):
-            trainer.train_step(batch, Progress(30, step, 4))
+            trainer.train_step(batch, StepProgress(30, step, 4))
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
@@ -102,7 +102,7 @@ def test_reduce_overhead_compile_matches_eager(teacher_run, tmp_path, exact_fp32
     compiled = trainer("compiled", compile=True, compile_mode="reduce-overhead")
     batches = zip(eager.train_loader.batches(1), compiled.train_loader.batches(1), strict=True)
     for step, (a, b) in enumerate(batches):
-        progress = Progress(30, step, 4)
+        progress = StepProgress(30, step, 4)
         loss_eager = eager.train_step(a, progress)[0].detach().clone()
         loss_compiled = compiled.train_step(b, progress)[0].detach().clone()
         torch.testing.assert_close(loss_compiled, loss_eager, rtol=1e-4, atol=1e-5)

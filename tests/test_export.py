@@ -21,7 +21,7 @@ from kdcompress.cli import app
 from kdcompress.deploy.export import ReducedOptions, export_reduced, export_safetensors
 from kdcompress.deploy.onnx import onnx_session
 from kdcompress.deploy.quantize import Comparison, choose_int8_mode, drift_warning
-from kdcompress.run_folder import TrainedModel, data_for_model, load_trained
+from kdcompress.deploy.trained import TrainedModel, data_for_model, load_trained
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ from safetensors.torch import load_file
 from kdcompress import losses
 from kdcompress.cli import app
 from kdcompress.errors import UserError
-from kdcompress.methods import Progress, resolve_method
+from kdcompress.methods import StepProgress, resolve_method
 from kdcompress.models.taps import FeatureTap
 
-STEP = Progress(epoch=1, step=0, steps_per_epoch=10)
+STEP = StepProgress(epoch=1, step=0, steps_per_epoch=10)
 TINY = ["--data", "digits", "--epochs", "1", "--batch-size", "64", "--quiet"]
 TINY += ["--set", "data.train_limit=128", "--set", "data.val_limit=64", "--set", "train.device=cpu"]
 
@@ -70,7 +70,9 @@ def test_blockkd_gradients_flow_through_the_frozen_teacher(batch):
     torch.manual_seed(0)
     images, labels = batch
     teacher = _model("cifar_resnet14")
-    method = _method("blockkd", teacher, _model("cifar_resnet8"), images, a=0.0, b=0.0, c=1.0)
+    method = _method(
+        "blockkd", teacher, _model("cifar_resnet8"), images, w_task=0.0, w_distill=0.0, w_cross=1.0
+    )
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     optimizer = torch.optim.SGD(method.parameters(), lr=0.1)
     method.train()
@@ -88,6 +90,15 @@ def test_blockkd_gradients_flow_through_the_frozen_teacher(batch):
     optimizer.step()
     for key, value in teacher.state_dict().items():
         torch.testing.assert_close(value, before[key], msg=key)
+
+
+def test_old_weight_names_still_load_and_record_the_new_ones():
+    """Recipes written before the weights were named alike (blockkd a/b/c, fitnet w) keep working, and
+    what a run records uses today's names."""
+    _, config = resolve_method("blockkd", {"a": 0.5, "b": 0.25, "c": 2.0})
+    assert (config.w_task, config.w_distill, config.w_cross) == (0.5, 0.25, 2.0)
+    _, config = resolve_method("fitnet", {"w": 7.0})
+    assert config.w_hint == 7.0 and "w_hint" in config.model_dump() and "w" not in config.model_dump()
 
 
 def test_blockkd_on_vits_groups_blocks():
@@ -226,7 +237,7 @@ def test_fitnet_hint_term(batch):
     images, labels = batch
     teacher, student = _model("cifar_resnet14"), _model("cifar_resnet8")
     method = _method("fitnet", teacher, student, images)
-    assert method.config.w == 100.0
+    assert method.config.w_hint == 100.0
     assert (method.teacher_layer, method.student_layer) == ("layer2.1", "layer2.0")  # middle stage ends
     method.eval()
     teacher_out = method.teacher_outputs(images)

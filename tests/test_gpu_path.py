@@ -19,13 +19,15 @@ import pytest
 import torch
 from rich.console import Console
 
-from kdcompress.methods import Progress
+from kdcompress.methods import StepProgress, entries
 from kdcompress.train import engine
 from kdcompress.train.display import RunDisplay
 from tests.conftest import float64_batches, step_trainer
 
-LOGIT_METHODS = ["kd", "dkd", "nkd", "sd-kd", "sd-dkd", "luminet"]
-FEATURE_METHODS = ["featkd", "blockkd", "fitnet"]
+#: Every registered method with a teacher, by kind (aliases that only preset options are left out, but
+#: the SDD variants stand for sdd, whose default base needs no extra option).
+LOGIT_METHODS = sorted(e.name for e in entries() if e.kind == "logit" and e.name != "sdd" and e.in_all)
+FEATURE_METHODS = sorted(e.name for e in entries() if e.kind == "feature" and not e.is_alias)
 LOG_EVERY = 2
 STEPS = 2 * LOG_EVERY + 1  # two periodic reads and the epoch's last step
 BATCH = 32
@@ -130,7 +132,7 @@ def test_bf16_autocast_on_the_cpu_keeps_the_loss_terms_in_float32(teacher_run, t
     assert trainer.precision == "bf16"
     for step, batch in enumerate(itertools.islice(trainer.train_loader.batches(1), 3)):
         # Epoch 30 is past every warm-up, so each distillation term carries its full weight.
-        loss, logits, terms = trainer.train_step(batch, Progress(30, step, STEPS))
+        loss, logits, terms = trainer.train_step(batch, StepProgress(30, step, STEPS))
         assert logits.dtype == torch.bfloat16  # autocast really ran the student in bf16
         assert {name: term.dtype for name, term in terms.items()} == dict.fromkeys(terms, torch.float32)
         assert loss.dtype == torch.float32 and torch.isfinite(loss)
@@ -140,7 +142,7 @@ def test_bf16_autocast_on_the_cpu_keeps_the_loss_terms_in_float32(teacher_run, t
 
 def _float64_steps(trainer: engine.Trainer, count: int) -> list[torch.Tensor]:
     return [
-        trainer.train_step(batch, Progress(1, step, STEPS))[0].detach()
+        trainer.train_step(batch, StepProgress(1, step, STEPS))[0].detach()
         for step, batch in enumerate(float64_batches(trainer, count))
     ]
 

@@ -62,6 +62,7 @@ def publish_to_hub(run: Path, hub: Path, repo: str) -> None:
     (snapshot / "config.json").write_text(json.dumps(timm_config))
 
 
+@pytest.mark.slow
 def test_a_hub_teacher_is_fed_its_own_statistics_inside_distill(own_stats_teacher, tmp_path):
     """The teacher's top-1 inside `distill` equals its top-1 under timm's own pipeline; fed the dataset's
     statistics instead (the old behaviour), it falls apart and a warning says why. A student initialised

@@ -20,7 +20,7 @@ from torch import nn
 from kdcompress import losses
 from kdcompress.cli import app
 from kdcompress.errors import UserError
-from kdcompress.methods import ALIASES, Progress, resolve_method
+from kdcompress.methods import StepProgress, method_info, resolve_method
 from kdcompress.methods.sdd import BASE_DEFAULTS, cell_head, check_local_head
 
 NUM_CLASSES = 5
@@ -59,20 +59,24 @@ def run_step(method, images, labels, progress):
 def test_dkd_terms_and_epoch_warmup(batch):
     images, labels = batch
     method = build("dkd", {"alpha": 2.0, "beta": 6.0, "temperature": 3.0, "w_ce": 0.5}, images)
-    (logits, terms), teacher = run_step(method, images, labels, Progress(epoch=5, step=3, steps_per_epoch=10))
+    (logits, terms), teacher = run_step(
+        method, images, labels, StepProgress(epoch=5, step=3, steps_per_epoch=10)
+    )
     assert set(terms) == {"ce", "dkd"}
     torch.testing.assert_close(terms["ce"], 0.5 * F.cross_entropy(logits, labels))
     # epoch 5 of a 20-epoch warm-up: 0.25 * (alpha * TCKD + beta * NCKD)
     expected = 0.25 * losses.dkd(logits, teacher, labels, alpha=2.0, beta=6.0, temperature=3.0)
     torch.testing.assert_close(terms["dkd"], expected)
-    (_, late), _ = run_step(method, images, labels, Progress(epoch=25, step=0, steps_per_epoch=10))
+    (_, late), _ = run_step(method, images, labels, StepProgress(epoch=25, step=0, steps_per_epoch=10))
     torch.testing.assert_close(late["dkd"], 4.0 * expected)
 
 
 def test_dkd_per_step_warmup(batch):
     images, labels = batch
     method = build("dkd", {"warmup_per_step": True}, images)
-    (logits, terms), teacher = run_step(method, images, labels, Progress(epoch=1, step=4, steps_per_epoch=10))
+    (logits, terms), teacher = run_step(
+        method, images, labels, StepProgress(epoch=1, step=4, steps_per_epoch=10)
+    )
     # half an epoch done after step index 4 of 10: 0.5 / 20
     expected = (0.5 / 20) * losses.dkd(logits, teacher, labels, alpha=1.0, beta=8.0, temperature=4.0)
     torch.testing.assert_close(terms["dkd"], expected)
@@ -82,21 +86,21 @@ def test_nkd_terms(batch):
     images, labels = batch
     options = {"gamma": 1.2, "temperature": 2.0, "w_ce": 0.7, "w_nkd": 2.0}
     method = build("nkd", options, images)
-    (logits, terms), teacher = run_step(method, images, labels, Progress(1, 0, 10))
+    (logits, terms), teacher = run_step(method, images, labels, StepProgress(1, 0, 10))
     assert set(terms) == {"ce", "nkd"}
     torch.testing.assert_close(terms["ce"], 0.7 * F.cross_entropy(logits, labels))
     torch.testing.assert_close(
         terms["nkd"], 2.0 * losses.nkd(logits, teacher, labels, gamma=1.2, temperature=2.0)
     )
     ramped = build("nkd", {"warmup": 4}, images)
-    (logits, terms), teacher = run_step(ramped, images, labels, Progress(1, 0, 10))
+    (logits, terms), teacher = run_step(ramped, images, labels, StepProgress(1, 0, 10))
     torch.testing.assert_close(terms["nkd"], 0.25 * losses.nkd(logits, teacher, labels))
 
 
 def test_luminet_terms(batch):
     images, labels = batch
     method = build("luminet", {"alpha": 3.0, "temperature": 2.0, "w_ce": 1.5, "warmup": 10}, images)
-    (logits, terms), teacher = run_step(method, images, labels, Progress(2, 0, 10))
+    (logits, terms), teacher = run_step(method, images, labels, StepProgress(2, 0, 10))
     assert set(terms) == {"ce", "luminet"}
     torch.testing.assert_close(terms["ce"], 1.5 * F.cross_entropy(logits, labels))
     torch.testing.assert_close(terms["luminet"], 0.2 * 9.0 * losses.luminet(logits, teacher, temperature=2.0))
@@ -107,7 +111,7 @@ def test_luminet_global_stats_on_one_process_equals_per_device(batch):
     results = []
     for global_stats in (False, True):
         method = build("luminet", {"global_stats": global_stats}, images)
-        (_, terms), _ = run_step(method, images, labels, Progress(30, 0, 10))
+        (_, terms), _ = run_step(method, images, labels, StepProgress(30, 0, 10))
         method.zero_grad()
         terms["luminet"].backward()
         results.append((terms["luminet"].detach(), [p.grad.clone() for p in method.parameters()]))
@@ -140,7 +144,7 @@ def _luminet_rank(rank: int, world: int, port: int, folder: str) -> None:
         teacher.load_state_dict(data["teacher"])
         method = LumiNet(student, teacher, LumiNetConfig(global_stats=True), data["images"][:2])
         images, labels = data["images"][window], data["labels"][window]
-        _, terms = method(images, labels, Progress(30, 0, 1), method.teacher_outputs(images))
+        _, terms = method(images, labels, StepProgress(30, 0, 1), method.teacher_outputs(images))
         terms["luminet"].backward()
         grads = torch.cat([p.grad.flatten() for p in student.parameters()])
         dist.all_reduce(grads)
@@ -214,7 +218,7 @@ def test_sdd_terms(name, options):
     method = build(name, options, images, student, teacher)
     cfg = method.config
     method.train()
-    progress = Progress(epoch=5, step=0, steps_per_epoch=10)
+    progress = StepProgress(epoch=5, step=0, steps_per_epoch=10)
     teacher_local = method.teacher_outputs(images)
     assert not teacher_local.is_inference() and not teacher_local.requires_grad
     logits, terms = method(images, labels, progress, teacher_local)
@@ -259,7 +263,7 @@ def test_sdd_pooling_reaches_teacher_and_student_on_7x7_maps(pooling):
     assert student.forward_features(images).shape[-2:] == (7, 7)
     method.train()
     teacher_local = method.teacher_outputs(images)
-    _, terms = method(images, labels, Progress(epoch=0, step=0, steps_per_epoch=10), teacher_local)
+    _, terms = method(images, labels, StepProgress(epoch=0, step=0, steps_per_epoch=10), teacher_local)
     with torch.no_grad():
         t_map = teacher.forward_features(images)
         expected_teacher = losses.local_logits(t_map, teacher.get_classifier(), (1, 2), pooling)
@@ -299,7 +303,7 @@ def test_aliases_resolve_with_their_base_defaults():
         },
     }
     for alias, values in expected.items():
-        assert ALIASES[alias][0] == "sdd"
+        assert method_info(alias).target == "sdd"
         cls, config = resolve_method(alias, {})
         assert cls.name == "sdd"
         dumped = config.model_dump()
@@ -313,37 +317,10 @@ def test_aliases_resolve_with_their_base_defaults():
     assert again == config
 
 
-def test_method_defaults():
-    assert resolve_method("dkd", {})[1].model_dump() == {
-        "alpha": 1.0,
-        "beta": 8.0,
-        "temperature": 4.0,
-        "w_ce": 1.0,
-        "warmup": 20.0,
-        "warmup_per_step": False,
-    }
-    assert resolve_method("nkd", {})[1].model_dump() == {
-        "gamma": 1.5,
-        "temperature": 1.0,
-        "w_ce": 1.0,
-        "w_nkd": 1.0,
-        "warmup": 0.0,
-        "warmup_per_step": False,
-    }
-    assert resolve_method("luminet", {})[1].model_dump() == {
-        "alpha": 31.0,
-        "temperature": 4.0,
-        "w_ce": 2.0,
-        "warmup": 20.0,
-        "warmup_per_step": False,
-        "global_stats": False,
-    }
-
-
 def test_option_errors_are_user_errors():
     with pytest.raises(
         UserError,
-        match=r"Method 'dkd' has no option 'betta'; its options are: warmup, warmup_per_step, alpha, beta",
+        match=r"Method 'dkd' has no option 'betta'; its options are: alpha, beta, standardize_logits",
     ):
         resolve_method("dkd", {"betta": 6})
     with pytest.raises(UserError, match=r"Method 'luminet' option 'temperature'"):

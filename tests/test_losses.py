@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdcompress import losses
-from kdcompress.losses import dkd, kd, local_logits, luminet, nkd, sdd
+from kdcompress.losses import _common, dkd, kd, local_logits, luminet, nkd, sdd
 
 # --------------------------------------------------------------------------------------------------
 # plain-Python references, spelled out from docs/methods.md (no torch, no library helpers)
@@ -265,8 +264,8 @@ def test_dkd_decomposition_identity():
     # DKD paper: KD = TCKD + (1 - p_t[y]) * NCKD per sample (all at the same T, T^2 on both sides).
     zs, zt, y = _random_logits(batch=16, classes=10)
     for temperature in (1.0, 4.0):
-        kd_per = losses._kd_per_sample(zs, zt, temperature)
-        tckd, nckd = losses._tckd_nckd_per_sample(zs, zt, y, temperature)
+        kd_per = _common.kd_per_sample(zs, zt, temperature)
+        tckd, nckd = _common.tckd_nckd_per_sample(zs, zt, y, temperature)
         pt_target = F.softmax(zt / temperature, 1).gather(1, y[:, None]).squeeze(1)
         torch.testing.assert_close(kd_per, tckd + (1 - pt_target) * nckd, rtol=1e-4, atol=1e-5)
         # Hence dkd(alpha=1, beta=1) >= kd, since NCKD >= 0 and 1 - p_t[y] <= 1.

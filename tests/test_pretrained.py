@@ -57,6 +57,7 @@ def write_hub_repo(hub: Path, repo: str, num_classes: int, in_chans: int, seed: 
     return state
 
 
+@pytest.mark.slow
 def test_hub_cache_offline_exact_init_and_missing(tmp_path):
     hub = tmp_path / "hf" / "hub"
     write_hub_repo(hub, "kdtest/imagenet-like", num_classes=1000, in_chans=3)

@@ -9,13 +9,14 @@ import pytest
 import timm
 import torch
 
-from kdcompress import quality
-from kdcompress.analysis.probe import MAX_VALUES, pooled_shape, probe_layers
 from kdcompress.cli import app
 from kdcompress.data import load_data
 from kdcompress.errors import UserError
 from kdcompress.methods.alignment import align_layers
 from kdcompress.models.taps import FeatureTap
+from kdcompress.probe import quality
+from kdcompress.probe.collect import MAX_VALUES, pooled_shape
+from kdcompress.probe.layers import probe_layers
 from kdcompress.recipe import DataSpec
 
 
@@ -151,7 +152,7 @@ def test_probe_layers_user_errors_exit_2(runner, args, message):
 
 
 def test_align_auto_probes_once_per_teacher_data_and_settings(monkeypatch):
-    import kdcompress.analysis.probe as probe_module
+    import kdcompress.probe.layers as probe_module
     from kdcompress.data import load_data
     from kdcompress.recipe import DataSpec
 

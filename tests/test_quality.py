@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdcompress.quality import balanced_indices, knowledge_quality, select_layers
+from kdcompress.probe.quality import balanced_indices, knowledge_quality, select_layers
 
 EPS = 1e-12
 
@@ -196,7 +196,7 @@ def test_accepts_numpy_and_arbitrary_label_values():
 
 
 def test_chunked_gram_matches_direct_product(monkeypatch):
-    import kdcompress.quality as quality
+    import kdcompress.probe.quality as quality
 
     monkeypatch.setattr(quality, "_CHUNK_BYTES", 8 * 600 * 3)  # 3 columns per chunk for 600 rows
     x = torch.randn(600, 10, dtype=torch.float32)

@@ -24,7 +24,7 @@ from kdcompress import checkpoint
 from kdcompress.cli import app
 from kdcompress.recipe import validate_recipe
 from kdcompress.train import engine
-from tests.conftest import ctrl_c_at_epoch, leftovers, tiny_recipe
+from tests.conftest import TEST_THREADS, ctrl_c_at_epoch, leftovers, tiny_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--data", "digits", "--set", "data.train_limit=256", "--set", "data.val_limit=128", "--quiet"]
@@ -127,11 +127,11 @@ KILL_SCRIPT = textwrap.dedent(
     import torch
     from tests.conftest import tiny_recipe
     from kdcompress.recipe import validate_recipe
-    torch.set_num_threads(2)  # as conftest sets it in the test process: the same float sums
+    torch.set_num_threads({threads})  # as conftest sets it in the test process: the same float sums
     from kdcompress.train import engine
     engine.run(validate_recipe(tiny_recipe(train={{"epochs": 3}})), Path(sys.argv[1]), quiet=True)
     """
-).format(root=str(ROOT))
+).format(root=str(ROOT), threads=TEST_THREADS)
 
 
 def _counted_writes(tmp_path: Path, monkeypatch) -> list[str]:
@@ -150,6 +150,7 @@ def _counted_writes(tmp_path: Path, monkeypatch) -> list[str]:
     return names
 
 
+@pytest.mark.slow
 def test_sigkill_inside_checkpoint_writes_resumes_bit_identically(tmp_path, monkeypatch):
     """Kill -9 at chosen writes (not timing luck), each after its temporary file is complete and before
     it is renamed: see ``points``. Every killed run resumes to the uninterrupted run's weights."""
@@ -197,6 +198,7 @@ def killed_at_write(out: Path, write: int) -> bool:
     return done.returncode == -signal.SIGKILL
 
 
+@pytest.mark.slow
 def test_a_run_killed_in_epoch_1_is_no_dead_end(runner, tmp_path):
     out = tmp_path / "run"
     assert killed_at_write(out, 3) and (out / "recipe.yaml").is_file()
@@ -210,6 +212,7 @@ def test_a_run_killed_in_epoch_1_is_no_dead_end(runner, tmp_path):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
 
 
+@pytest.mark.slow
 def test_a_run_killed_in_its_first_write_can_simply_be_run_again(runner, tmp_path):
     out = tmp_path / "run"
     assert killed_at_write(out, 1) and not (out / "recipe.yaml").exists()
@@ -232,6 +235,7 @@ def test_ctrl_c_says_what_was_kept(runner, tmp_path):
     assert "--resume" in result.output
 
 
+@pytest.mark.slow
 def test_sigterm_stops_like_ctrl_c_with_the_checkpoint_kept(tmp_path):
     out = tmp_path / "run"
     args = [sys.executable, "-m", "kdcompress", "train", "--model", "cifar_resnet8", "--out", str(out), *TINY]

@@ -80,7 +80,10 @@ def test_merge_skips_unset_flags_and_empty_sections():
 def test_method_options_are_validated_by_the_method():
     cls, config = resolve_method("kd", {"temperature": 2})
     assert cls.name == "kd" and config.temperature == 2 and config.w_ce == 0.1
-    with pytest.raises(UserError, match=r"no option 'temprature'; its options are: temperature"):
+    with pytest.raises(
+        UserError,
+        match=r"no option 'temprature'; its options are: standardize_logits, temperature, w_ce, w_kd\.",
+    ):
         resolve_method("kd", {"temprature": 2})
     with pytest.raises(UserError, match="Unknown method 'kdd'.*Did you mean 'kd'"):
         resolve_method("kdd", {})

@@ -3,15 +3,18 @@ models, names resolve to files, and `kdcompress recipes list | show | methods` p
 
 from __future__ import annotations
 
+import functools
+import re
 from pathlib import Path
 
 import pytest
 import timm
+import torch
 from rich.console import Console
 
 from kdcompress.cli import app
 from kdcompress.errors import UserError
-from kdcompress.methods import resolve_method
+from kdcompress.methods import LogitConfig, StepProgress, method_info, resolve_method
 from kdcompress.recipe import read_yaml, validate_recipe
 from kdcompress.recipe_catalog import (
     RECIPES_ENV,
@@ -24,20 +27,43 @@ from kdcompress.recipe_catalog import (
 ROOT = Path(__file__).resolve().parent.parent / "kdcompress" / "recipes"
 ALL = sorted(ROOT.rglob("*.yaml"))
 CIFAR = sorted((ROOT / "cifar100").rglob("*.yaml"))
-LOGIT_METHODS = ("kd", "dkd", "sd-kd", "sd-dkd", "luminet")
-CIFAR_LOGIT = [p for p in CIFAR if p.stem in LOGIT_METHODS]
+IMAGENET = sorted((ROOT / "imagenet").rglob("*.yaml"))
+PAPER_RECIPES = CIFAR + IMAGENET  # one folder per teacher-student pair, one file per method
 FMNIST_RECIPES = [f"fashion-mnist/{m}" for m in ("ce", "kd", "dkd", "nkd", "sd-kd", "sd-dkd", "luminet")]
+LS_SUFFIX = "-ls"  # <method>-ls.yaml: that method with logit standardisation
 
 # published names of the CRD / mdistiller teacher checkpoints
 PUBLISHED = {"resnet32x4": "resnet32x4", "wrn_40_2": "wrn_40_2", "resnet56": "resnet56", "vgg13": "vgg13",
              "resnet50": "ResNet50"}  # fmt: skip
-PAIRS = {
-    "resnet32x4-resnet8x4", "wrn_40_2-wrn_16_2", "resnet56-resnet20", "vgg13-vgg8",
-    "resnet32x4-shufflev2", "resnet50-mobilenetv2", "resnet32x4-shufflev1", "wrn_40_2-shufflev1",
-    "vgg13-mobilenetv2", "resnet50-vgg8",
-}  # fmt: skip
-DKD_BETA = {"resnet56-resnet20": 2, "wrn_40_2-wrn_16_2": 6, "vgg13-vgg8": 6, "vgg13-mobilenetv2": 6}
-SIMILAR = {"resnet32x4-resnet8x4", "vgg13-vgg8", "wrn_40_2-wrn_16_2", "resnet56-resnet20"}
+
+
+def _rid(path: Path) -> str:
+    return path.relative_to(ROOT).with_suffix("").as_posix()
+
+
+def _load(path: Path):
+    recipe = validate_recipe(read_yaml(path))
+    cls, config = resolve_method(recipe.method.name, recipe.method_options())
+    return recipe, cls, config
+
+
+def _family(arch: str) -> str:
+    """The architecture family of a zoo name: resnet32x4 -> resnet, wrn_40_2 -> wrn, mobilenetv2 ->
+    mobilenetv."""
+    return re.match(r"[a-z]+", arch).group()
+
+
+@functools.cache
+def _raw(path: Path) -> dict:
+    """A recipe file's YAML, parsed once per session (callers only read it)."""
+    return read_yaml(path)
+
+
+def _logit(path: Path) -> bool:
+    return method_info(_raw(path)["method"]["name"]).kind == "logit"
+
+
+CIFAR_LOGIT = [p for p in CIFAR if _logit(p)]
 
 
 @pytest.fixture
@@ -50,13 +76,12 @@ def test_the_index_finds_the_checkout_recipes(monkeypatch):
     monkeypatch.delenv(RECIPES_ENV, raising=False)
     assert recipes_root().resolve() == ROOT
     assert recipe_files() == sorted(ALL, key=lambda p: p.relative_to(ROOT).with_suffix("").as_posix())
-    assert len(ALL) >= 50 + 10 + 1 + 7
+    assert {e.path for e in list_recipes()} == set(ALL)
 
 
-@pytest.mark.parametrize("path", ALL, ids=lambda p: p.relative_to(ROOT).with_suffix("").as_posix())
+@pytest.mark.parametrize("path", ALL, ids=_rid)
 def test_every_recipe_validates(path):
-    recipe = validate_recipe(read_yaml(path))
-    method_cls, config = resolve_method(recipe.method.name, recipe.method_options())
+    recipe, method_cls, config = _load(path)
     if method_cls.needs_teacher:
         assert recipe.teacher is not None and recipe.teacher.arch
     for spec in (recipe.student, recipe.teacher):
@@ -66,14 +91,35 @@ def test_every_recipe_validates(path):
         assert recipe.paper.source, "a paper number names its source"
     if method_cls.name == "sdd" and path.is_relative_to(ROOT / "cifar100"):
         assert recipe.train.grad_clip == 40
+    # what a run records (the resolved options) validates again to the same method (what --resume reads)
+    recorded = config.model_dump(mode="json")
+    assert resolve_method(method_cls.name, recorded)[1].model_dump(mode="json") == recorded
+
+
+@pytest.mark.parametrize("path", PAPER_RECIPES, ids=_rid)
+def test_paper_recipe_file_names_say_what_they_run(path):
+    """``<pair>/<method>.yaml`` runs that method (an alias counts as its own name), and
+    ``<method>-ls.yaml`` the same method with logit standardisation; nothing else standardises."""
+    recipe, method_cls, config = _load(path)
+    standardized = path.stem.endswith(LS_SUFFIX)
+    assert recipe.method.name == path.stem.removesuffix(LS_SUFFIX)
+    assert getattr(config, "standardize_logits", False) == standardized
+    if standardized:
+        assert issubclass(method_cls.Config, LogitConfig)
+        assert (path.parent / f"{recipe.method.name}.yaml").is_file(), (
+            "an LS recipe sits beside the plain one"
+        )
+    if recipe.paper is not None:
+        assert recipe.paper.dataset == path.relative_to(ROOT).parts[0]
 
 
 def test_cifar100_recipes_follow_the_protocol():
-    assert {p.parent.name for p in CIFAR_LOGIT} == PAIRS
-    assert len(CIFAR_LOGIT) == len(PAIRS) * len(LOGIT_METHODS)
+    assert CIFAR_LOGIT, "the CIFAR-100 recipes run logit methods"
+    pairs = {p.parent.name for p in CIFAR}
+    assert all((ROOT / "cifar100" / pair / "kd.yaml").is_file() for pair in pairs), "KD, the baseline"
     for path in CIFAR_LOGIT:
-        pair, method = path.parent.name, path.stem
-        recipe = validate_recipe(read_yaml(path))
+        pair = path.parent.name
+        recipe, _, config = _load(path)
         teacher, student = pair.split("-")
         assert recipe.teacher.arch == f"cifar_{teacher}" and recipe.student.arch == f"cifar_{student}"
         assert (
@@ -82,17 +128,44 @@ def test_cifar100_recipes_follow_the_protocol():
         )
         assert recipe.data.source == "cifar100:/path/to/cifar-100-python"
         assert path.read_text().startswith("#") and "--set" in path.read_text().split("teacher:")[0]
+        assert f"{_rid(path)}.yaml" in path.read_text().split("teacher:")[0], "the example names this file"
         assert (recipe.train.epochs, recipe.train.batch_size) == (240, 64)
         assert recipe.schedule.name == "step" and recipe.schedule.milestones == [150, 180, 210]
         assert recipe.optim.weight_decay == 5e-4 and recipe.optim.momentum == 0.9
         small = student.startswith(("shufflev", "mobilenet"))
-        if method != "luminet" or small:
+        if recipe.method.name != "luminet" or small:
             assert recipe.optim.lr == (0.01 if small else 0.05), path
-        _, config = resolve_method(recipe.method.name, recipe.method_options())
-        if method in ("dkd", "sd-dkd"):
-            assert config.beta == DKD_BETA.get(pair, 8), path
-        if method.startswith("sd-"):
-            assert config.scales == ([1, 2] if pair in SIMILAR else [1, 2, 4]), path
+        if recipe.method.name.startswith("sd-"):
+            similar = _family(teacher) == _family(student)
+            assert config.scales == ([1, 2] if similar else [1, 2, 4]), path
+
+
+def test_sd_dkd_uses_the_dkd_beta_of_its_pair():
+    for path in (ROOT / "cifar100").glob("*/sd-dkd.yaml"):
+        _, _, sd = _load(path)
+        _, _, plain = _load(path.with_name("dkd.yaml"))
+        assert (sd.alpha, sd.beta, sd.temperature) == (plain.alpha, plain.beta, plain.temperature), path
+
+
+def test_ls_recipes_only_change_the_method():
+    """An LS recipe trains the same pair under the same protocol as its plain counterpart; the method
+    section (and the paper's number) is all that differs, so the two runs compare the option alone."""
+    ls = sorted(ROOT.rglob(f"*{LS_SUFFIX}.yaml"))
+    assert ls
+    for path in ls:
+        with_ls = read_yaml(path)
+        plain = read_yaml(path.with_name(path.name.replace(LS_SUFFIX, "")))
+        for section in ("teacher", "student", "data", "optim", "schedule", "train"):
+            assert with_ls.get(section) == plain.get(section), (path, section)
+        assert with_ls["method"]["name"] == plain["method"]["name"]
+
+
+def test_luminet_recipes_say_when_they_use_the_defaults():
+    defaults = resolve_method("luminet", {})[1]
+    for path in sorted((ROOT / "cifar100").glob("*/luminet.yaml")):
+        _, _, config = _load(path)
+        uses_defaults = "LumiNet defaults" in path.read_text()
+        assert (config == defaults) == uses_defaults, path
 
 
 def test_cifar100_architectures_build():
@@ -106,38 +179,62 @@ def test_cifar100_architectures_build():
         assert model.get_classifier().out_features == 100
 
 
-def test_paper_numbers_where_the_specification_gives_them():
+def test_every_shipped_logit_method_setting_trains_a_step():
+    """Each distinct method section of the shipped recipes builds on tiny 100-class zoo models and gives
+    finite weighted terms, with CE among them, and gradients for the student."""
+    settings = {}
+    for path in ALL:
+        if _logit(path):
+            recipe = validate_recipe(_raw(path))
+            options = recipe.method_options()
+            settings.setdefault((recipe.method.name, repr(sorted(options.items()))), options)
+    assert {name for name, _ in settings} >= {"kd", "dkd", "dist"}
+    images = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 99])
+    torch.manual_seed(0)
+    student = timm.create_model("cifar_resnet8", num_classes=100)
+    teacher = timm.create_model("cifar_resnet8", num_classes=100)
+    for (name, _), options in sorted(settings.items()):
+        cls, config = resolve_method(name, options)
+        method = cls.build(config, student, teacher, images)
+        method.train()
+        method.zero_grad()
+        logits, terms = method(images, labels, StepProgress(30, 0, 10), method.teacher_outputs(images))
+        assert logits.shape == (4, 100) and "ce" in terms, name
+        total = sum(terms.values())
+        assert torch.isfinite(total), (name, options)
+        total.backward()
+        assert all(p.grad is None or torch.isfinite(p.grad).all() for p in student.parameters())
+
+
+def test_recipes_without_a_paper_number_invent_none():
+    """A number is shipped only where a paper reports that pair (the docs list them); elsewhere the
+    recipe runs the method's settings and the report compares with nothing."""
     top1 = {e.name: e.paper_top1 for e in list_recipes()}
-    assert top1["cifar100/resnet32x4-resnet8x4/dkd"] == 76.32
-    assert top1["cifar100/resnet32x4-shufflev2/sd-dkd"] == 78.05
-    assert top1["cifar100/vgg13-vgg8/luminet"] == 74.94
-    assert top1["imagenet/resnet34-resnet18/dkd"] == 71.70
-    assert top1["imagenet/resnet50-mobilenetv1/sd-dkd"] == 73.08
-    assert top1["cifar100/resnet32x4-shufflev1/dkd"] is None  # no number given: none invented
+    assert top1["cifar100/resnet32x4-shufflev1/dkd"] is None
     assert top1["quickstart"] is None
     assert all(top1[name] is None for name in FMNIST_RECIPES)
 
 
-def test_luminet_per_pair_configs():
-    expected = {"resnet32x4-resnet8x4": (33, 4, 2, 0.05), "vgg13-vgg8": (70, 8, 1, 0.05),
-                "wrn_40_2-shufflev1": (35, 4, 1, 0.01), "vgg13-mobilenetv2": (70, 8, 2, 0.01),
-                "resnet50-mobilenetv2": (70, 8, 2, 0.01), "resnet56-resnet20": (31, 4, 2, 0.05)}  # fmt: skip
-    for pair, values in expected.items():
-        recipe = validate_recipe(read_yaml(ROOT / "cifar100" / pair / "luminet.yaml"))
-        _, config = resolve_method("luminet", recipe.method_options())
-        assert (config.alpha, config.temperature, config.w_ce, recipe.optim.lr) == values
+def test_recipes_added_for_a_paper_carry_its_number():
+    """Every LS and DIST recipe exists because a paper reports that pair: its number and source are there."""
+    for entry in list_recipes():
+        stem = entry.path.stem
+        if stem.endswith(LS_SUFFIX) or entry.method == "dist":
+            assert entry.paper_top1 is not None and 50 < entry.paper_top1 < 100, entry.name
+            paper = "Logit Standardization" if stem.endswith(LS_SUFFIX) else "Stronger Teacher"
+            assert paper in entry.paper_source, entry.name
 
 
 def test_imagenet_recipes_use_the_imagenet_protocol():
-    files = [p for p in sorted((ROOT / "imagenet").rglob("*.yaml")) if p.stem in LOGIT_METHODS]
-    assert {p.parent.name for p in files} == {"resnet34-resnet18", "resnet50-mobilenetv1"}
-    assert len(files) == 2 * len(LOGIT_METHODS)
+    files = [p for p in IMAGENET if _logit(p)]
+    assert {p.parent.name for p in files} == {p.parent.name for p in IMAGENET}
     for path in files:
-        recipe = validate_recipe(read_yaml(path))
+        recipe, _, config = _load(path)
         assert recipe.data.source == "imagefolder:/path/to/imagenet"
         assert (recipe.train.epochs, recipe.train.batch_size, recipe.optim.lr) == (100, 512, 0.2)
         assert recipe.schedule.milestones == [30, 60, 90] and recipe.optim.weight_decay == 1e-4
-        assert recipe.method.model_dump().get("temperature") in (1, 0.7)
+        assert config.temperature <= 2, "ImageNet recipes never inherit CIFAR's temperature 4"
     mobilenet = validate_recipe(read_yaml(ROOT / "imagenet" / "resnet50-mobilenetv1" / "dkd.yaml"))
     assert (mobilenet.student.arch, mobilenet.method.model_dump()["beta"]) == ("mobilenetv1_100", 2)
 
@@ -179,7 +276,8 @@ def test_cli_recipes_list(runner, wide_console):
     result = runner.invoke(app, ["recipes", "list"])
     assert result.exit_code == 0, result.output
     for text in ("cifar100/resnet32x4-resnet8x4/dkd", "resnet32x4 -> resnet8x4", "76.32", "Zhao et al.",
-                 "imagenet/resnet50-mobilenetv1/luminet", "fashion-mnist/sd-dkd", "quickstart"):  # fmt: skip
+                 "imagenet/resnet50-mobilenetv1/luminet", "fashion-mnist/sd-dkd", "quickstart",
+                 "cifar100/resnet32x4-resnet8x4/kd-ls", "imagenet/resnet34-resnet18/dist"):  # fmt: skip
         assert text in result.output
     filtered = runner.invoke(app, ["recipes", "list", "luminet"])
     assert filtered.exit_code == 0
@@ -199,5 +297,6 @@ def test_cli_recipes_methods(runner, wide_console):
     result = runner.invoke(app, ["recipes", "methods"])
     assert result.exit_code == 0, result.output
     for text in ("dkd", "nkd", "luminet", "sdd", "sd-kd", "sd-dkd", "sd-nkd", "alpha=31", "beta=8",
-                 "alias: sdd with base=dkd", "w_sdd=0.9", "gamma=1.5"):  # fmt: skip
+                 "alias: sdd with base=dkd", "w_sdd=0.9", "gamma=1.5", "dist", "w_dist=1",
+                 "Stronger Teacher", "standardize_logits"):  # fmt: skip
         assert text in result.output

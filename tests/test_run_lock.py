@@ -101,7 +101,7 @@ def test_a_second_lock_in_one_process_is_refused_too(tmp_path):
 
 def test_compare_leaves_a_run_another_process_trains_alone(tmp_path):
     request = CompareRequest(
-        student="cifar_resnet8",
+        students=("cifar_resnet8",),
         data="digits",
         out=tmp_path / "cmp",
         methods=("ce",),

@@ -68,6 +68,7 @@ def test_cached_teacher_trains_like_the_live_teacher(tmp_path, teacher_run, augm
     assert_same_training(cached, live, initial_weights(tmp_path / "live"))
 
 
+@pytest.mark.slow
 def test_ddp_distill_over_two_gloo_processes_matches_one_process_and_resumes(tmp_path, teacher_run):
     """Same global batch (64 = 2 x 32): DDP's averaged gradients equal the single-process ones, and a
     DDP run stopped after epoch 1 and resumed under torchrun ends where one process does. (A constant
@@ -114,7 +115,7 @@ def test_compiled_distill_steps_match_eager(tmp_path, teacher_run):
     """train.compile must be a pure speed switch: same losses and weights as eager, step for step."""
     from rich.console import Console
 
-    from kdcompress.methods import Progress
+    from kdcompress.methods import StepProgress
     from kdcompress.runtime import setup_runtime
 
     def trainer(compiled: bool) -> engine.Trainer:
@@ -131,7 +132,7 @@ def test_compiled_distill_steps_match_eager(tmp_path, teacher_run):
     eager, compiled = trainer(False), trainer(True)
     batches = zip(float64_batches(eager, 2), float64_batches(compiled, 2), strict=True)
     for step, (a, b) in enumerate(batches):
-        progress = Progress(1, step, len(eager.train_loader))
+        progress = StepProgress(1, step, len(eager.train_loader))
         loss_eager, *_ = eager.train_step(a, progress)
         loss_compiled, *_ = compiled.train_step(b, progress)
         torch.testing.assert_close(loss_compiled, loss_eager, rtol=1e-9, atol=1e-10)
@@ -150,7 +151,7 @@ def test_one_torchrun_process_runs_the_ddp_code_path(tmp_path, teacher_run, monk
 
     import torch.distributed as dist
 
-    from kdcompress.methods import Progress
+    from kdcompress.methods import StepProgress
     from kdcompress.runtime import all_reduce_sum, setup_runtime
     from tests.conftest import step_trainer
 
@@ -173,7 +174,7 @@ def test_one_torchrun_process_runs_the_ddp_code_path(tmp_path, teacher_run, monk
         assert isinstance(trainers[1].step_model, torch.nn.parallel.DistributedDataParallel)
         for trainer in trainers:
             for step, batch in enumerate(float64_batches(trainer, 2)):
-                trainer.train_step(batch, Progress(1, step, 2))
+                trainer.train_step(batch, StepProgress(1, step, 2))
     finally:
         dist.destroy_process_group()
     alone, ddp = (t.prepared.student.state_dict() for t in trainers)

@@ -1,1 +1,2 @@
-"""Measurements: the knowledge-quality layer probe, ``bench`` (cost and speed) and ``compare``."""
+"""What consumes trained runs: ``bench`` (cost and speed), ``compare`` (which student and method to ship)
+and the ``demo`` flow. Nothing below this package imports it."""

@@ -24,13 +24,13 @@ from torch import nn
 
 from kdcompress.data import load_data
 from kdcompress.deploy.onnx import export_onnx, onnx_latency, onnx_session
+from kdcompress.deploy.trained import TrainedModel, data_for_model, load_trained
 from kdcompress.errors import UserError, did_you_mean
 from kdcompress.evaluate import evaluate
 from kdcompress.formatting import ratio
 from kdcompress.models import build_model
 from kdcompress.models.cost import Latency, count_flops, count_parameters, safetensors_bytes, torch_latency
 from kdcompress.recipe import DataSpec
-from kdcompress.run_folder import TrainedModel, data_for_model, load_trained
 from kdcompress.runtime import Runtime, resolve_device
 
 DEFAULT_INPUT_SIZE = (3, 224, 224)
@@ -297,12 +297,14 @@ def run_bench(
     val_limit: int | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
-    """Measure one model, or a teacher and a student, and return the bench JSON document.
+    """Measure one model, a teacher and a student (with their ratios), or several models (each its own
+    entry, e.g. the candidate files of a compare, benched on the target device), and return the bench
+    JSON document.
 
-    ``threads`` sets the CPU threads of PyTorch and onnxruntime for the measurement (default: their own
-    defaults, usually one per core)."""
-    if not 1 <= len(specs) <= 2:
-        raise UserError("Pass one model, or a teacher and a student, to benchmark.")
+        ``threads`` sets the CPU threads of PyTorch and onnxruntime for the measurement (default: their own
+        defaults, usually one per core)."""
+    if not specs:
+        raise UserError("Pass one model, a teacher and a student, or several models to benchmark.")
     if repeats < 1 or not batch_sizes or min(batch_sizes) < 1:
         raise UserError("Benchmark settings need --repeats >= 1 and positive --batch-sizes.")
     settings = BenchSettings(
@@ -316,7 +318,7 @@ def run_bench(
         threads=threads,
     )
     models = resolve_models(specs, input_size, num_classes)
-    roles = ["teacher", "student"] if len(models) == 2 else ["model"]
+    roles = ["teacher", "student"] if len(models) == 2 else ["model"] * len(models)
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from kdcompress.cli.common import DataOpt, console, err_console, guarded
@@ -93,8 +94,9 @@ def register(app: typer.Typer) -> None:
         models: Annotated[
             list[str],
             typer.Argument(
-                help="One model, or TEACHER STUDENT: kdcompress run/export folders, or timm architecture "
-                "names (random init) for a quick cost estimate.",
+                help="One model, TEACHER STUDENT (with ratios), or several models: kdcompress run/export "
+                "folders, exported .onnx files, or timm architecture names (random init) for a quick cost "
+                "estimate.",
                 metavar="MODEL",
                 show_default=False,
             ),
@@ -145,8 +147,6 @@ def register(app: typer.Typer) -> None:
         from kdcompress import checkpoint
         from kdcompress.analysis.bench import run_bench
 
-        if len(models) > 2:
-            raise UserError("Pass one model, or a teacher and a student (two arguments at most).")
         sizes = _int_list(batch_sizes, "--batch-sizes")
         shape = tuple(_int_list(input_size, "--input-size", 3)) if input_size else None
         if num_classes is None and data is not None and not any(Path(m).exists() for m in models):
@@ -174,7 +174,7 @@ def register(app: typer.Typer) -> None:
             soft_wrap=True,
         )
         for note in report["notes"]:
-            err_console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+            err_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
         if json_file is not None:
             checkpoint.write_json(json_file, report)
             console.print(f"[green]wrote[/] {json_file}")

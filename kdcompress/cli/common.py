@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from kdcompress.errors import UserError
 
@@ -24,7 +25,7 @@ def _show_warning(
     message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None
 ) -> None:
     """Python warnings as one yellow line, like errors (no file name and source line)."""
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
 def guarded(command: F) -> F:
@@ -38,11 +39,13 @@ def guarded(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except UserError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt as exc:
             # A run says what it kept (RunInterrupted); anything else was simply stopped.
-            err_console.print(f"[yellow]{exc or 'interrupted.'}[/]", highlight=False, soft_wrap=True)
+            err_console.print(
+                f"[yellow]{escape(str(exc) or 'interrupted.')}[/]", highlight=False, soft_wrap=True
+            )
             sys.exit(130)
         finally:
             warnings.showwarning = shown_before
@@ -113,6 +116,13 @@ ExtendOpt = Annotated[
     typer.Option(
         "--extend",
         help="With --resume and a larger --epochs: train longer (the LR schedule is rebuilt for it).",
+    ),
+]
+LogOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--log",
+        help="Also log to an experiment tracker: tensorboard | mlflow | wandb (repeatable; train.loggers).",
     ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or per-epoch lines.")]

@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         ] = Path("kdcompress-demo"),
     ) -> None:
         """Digits end to end: cached teacher, scratch vs KD student, verified export, one table."""
-        from kdcompress.demo import run_demo
+        from kdcompress.analysis.demo import run_demo
 
         start = time.perf_counter()
         rows = run_demo(out, err_console)

@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
         """Top-1, top-5 and loss of a trained model on a dataset's validation split, fed the input spec it
         was trained with (an exported .onnx file carries its own)."""
         from kdcompress import checkpoint as files
-        from kdcompress.run_folder import data_for_model, evaluate_trained, load_trained
+        from kdcompress.deploy.trained import data_for_model, evaluate_trained, load_trained
 
         trained = load_trained(checkpoint)
         bundle = data_for_model(trained, data)

@@ -137,16 +137,16 @@ def register(app: typer.Typer) -> None:
         }
         spec = build_probe_recipe(resolve_recipe_path(recipe) if recipe else None, flags, set_)
         if list_:
-            from kdcompress.analysis.probe import probe_recipe_inputs
             from kdcompress.models.layers import candidate_layers
+            from kdcompress.probe.layers import probe_recipe_inputs
 
             model, bundle = probe_recipe_inputs(spec, weights_needed=False)
             input_shape = bundle.fmt.input_shape
             console.print(_layers_table(spec.teacher.arch, input_shape, candidate_layers(model, input_shape)))
             return
 
-        from kdcompress.analysis.probe import run_probe
         from kdcompress.plotting import plot_probe
+        from kdcompress.probe.layers import run_probe
 
         if not spec.teacher.weights:
             err_console.print(

@@ -114,25 +114,31 @@ def register(app: typer.Typer) -> None:
     @recipes_app.command("methods")
     @guarded
     def methods_command() -> None:
-        """Table of the registered methods and aliases, with their options and defaults."""
-        from kdcompress.methods import ALIASES, METHODS
+        """Table of the registered methods and aliases (plug-ins included), with their kind, recipe family,
+        origin and options."""
+        from kdcompress.methods import entries
 
         table = Table(title="distillation methods (set options in the recipe's method section)")
         table.add_column("method", no_wrap=True)
+        table.add_column("kind / family", no_wrap=True)
         table.add_column("summary")
         table.add_column("options (defaults)")
-        for name in sorted(METHODS):
-            cls = METHODS[name]
-            table.add_row(name, cls.summary or "-", _options_text(method_defaults(cls.Config)))
-        for alias in sorted(ALIASES):
-            target, preset = ALIASES[alias]
-            cls = METHODS.get(target)
-            if cls is None:
-                continue
-            means = ", ".join(f"{k}={_format_value(v)}" for k, v in preset.items())
-            summary = f"alias: {target} with {means}" if means else f"alias of {target}"
-            table.add_row(alias, summary, _options_text(method_defaults(cls.Config, preset)))
+        table.add_column("origin", no_wrap=True)
+        for entry in sorted(entries(), key=lambda e: (e.target, e.is_alias, e.name)):
+            summary = entry.summary or "-"
+            if entry.is_alias:
+                means = ", ".join(f"{k}={_format_value(v)}" for k, v in entry.preset.items())
+                summary = f"{summary} (alias: {entry.target} with {means})"
+            if entry.paper:
+                summary += f". {entry.paper}"
+            kind = f"{entry.kind} / {entry.family}" + (" (all)" if entry.in_all else "")
+            options = _options_text(method_defaults(entry.cls.Config, entry.preset))
+            table.add_row(entry.name, kind, summary, options, entry.origin)
         console.print(table)
-        console.print("'-' = not used, or (sdd) filled in from the base loss's defaults.")
+        console.print(
+            "'-' = not used, or (sdd) filled in from the base loss's defaults; (all): in compare --methods "
+            "all.",
+            highlight=False,
+        )
 
     app.add_typer(recipes_app, name="recipes")

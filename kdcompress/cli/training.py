@@ -16,6 +16,7 @@ from kdcompress.cli.common import (
     EpochsOpt,
     ExtendOpt,
     InitOpt,
+    LogOpt,
     LrOpt,
     OutOpt,
     QuietOpt,
@@ -30,7 +31,7 @@ from kdcompress.cli.common import (
     guarded,
 )
 from kdcompress.errors import UserError
-from kdcompress.recipe import build_recipe, command_flags
+from kdcompress.recipe import command_flags
 from kdcompress.recipe_catalog import resolve_recipe_path
 
 
@@ -54,20 +55,16 @@ def _run(
     quiet: bool,
     extend: bool = False,
 ) -> None:
-    from kdcompress import checkpoint
     from kdcompress.train import engine
+    from kdcompress.train.resume import requested_recipe
 
     if out is None:
         raise UserError("Say where the run goes with --out DIR.")
     if extend and not resume:
         raise UserError("--extend lengthens a recorded run; use it with --resume.")
-    if resume and not (out / "recipe.yaml").is_file() and not checkpoint.holds_only_leftovers(out):
-        engine.check_run_dir(out, resume)  # "nothing to resume", before the flags are judged
     if recipe_file is not None:
         recipe_file = resolve_recipe_path(recipe_file)
-    elif resume and (out / "recipe.yaml").is_file():
-        recipe_file = out / "recipe.yaml"  # the recorded recipe; flags may change only runtime fields
-    recipe = build_recipe(recipe_file, flags, overrides)
+    recipe = requested_recipe(out, recipe_file, flags, overrides, resume)
     _stop_on_sigterm()
     result = engine.run(recipe, out, resume=resume, console=err_console, quiet=quiet, extend=extend)
     teacher = f"  teacher {result.teacher_top1:.2f}%" if result.teacher_top1 is not None else ""
@@ -99,9 +96,11 @@ def register(app: typer.Typer) -> None:
         resume: ResumeOpt = False,
         extend: ExtendOpt = False,
         quiet: QuietOpt = False,
+        log: LogOpt = None,
     ) -> None:
         """Train a model with plain cross-entropy: a teacher, or a from-scratch student baseline."""
         flags = command_flags(
+            loggers=log,
             student=model,
             student_init=init,
             method="ce",
@@ -153,9 +152,11 @@ def register(app: typer.Typer) -> None:
         resume: ResumeOpt = False,
         extend: ExtendOpt = False,
         quiet: QuietOpt = False,
+        log: LogOpt = None,
     ) -> None:
         """Distill a student from a pretrained teacher with the chosen method."""
         flags = command_flags(
+            loggers=log,
             student=student,
             student_init=student_init,
             teacher=teacher,

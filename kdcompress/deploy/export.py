@@ -31,8 +31,8 @@ from kdcompress.deploy import (
     quantize,
 )
 from kdcompress.deploy.onnx import VerificationError, describe, export_onnx, verify_parity
+from kdcompress.deploy.trained import TrainedModel, data_for_model, load_trained
 from kdcompress.errors import UserError
-from kdcompress.run_folder import TrainedModel, data_for_model, load_trained
 
 PARITY_IMAGES = 16  # real validation images in the ONNX parity check
 

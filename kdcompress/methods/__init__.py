@@ -1,18 +1,38 @@
-"""Distillation methods, one small module each, registered by name."""
+"""Distillation methods, one small module each, found and registered by :mod:`.registry`.
 
-from kdcompress.methods import blockkd, ce, dkd, featkd, fitnet, kd, luminet, nkd, sdd  # noqa: F401  (registration side effects)
-from kdcompress.methods.base import Method, MethodConfig, Progress, freeze, warmup_factor
-from kdcompress.methods.registry import ALIASES, METHODS, register, register_alias, resolve_method
+Nothing here lists the methods: each module registers its own class (and aliases), and the registry
+imports every module of this package, then the ``kdcompress.methods`` entry points of installed
+plug-ins, the first time it is asked.
+"""
+
+from kdcompress.methods.base import Method, MethodConfig, StepProgress, freeze, teacher_pass, warmup_factor
+from kdcompress.methods.logit import LogitConfig, LogitMethod
+from kdcompress.methods.registry import (
+    MethodInfo,
+    all_methods,
+    canonical_options,
+    entries,
+    method_info,
+    register,
+    register_alias,
+    resolve_method,
+)
 
 __all__ = [
-    "ALIASES",
-    "METHODS",
+    "LogitConfig",
+    "LogitMethod",
     "Method",
     "MethodConfig",
-    "Progress",
+    "MethodInfo",
+    "StepProgress",
+    "all_methods",
+    "canonical_options",
+    "entries",
     "freeze",
+    "method_info",
     "register",
     "register_alias",
     "resolve_method",
+    "teacher_pass",
     "warmup_factor",
 ]

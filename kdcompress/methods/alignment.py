@@ -6,7 +6,7 @@ from its recorded recipe). Missing ones come from the ``align`` mode:
 - ``manual``: none may be missing.
 - ``stages``: the last ``k`` stage ends of each model (FitNet: the middle stage end, ``k == 1``).
 - ``auto``: the teacher's ``k`` highest-Q layers from the knowledge-quality probe on the training data
-  (:func:`kdcompress.analysis.probe.probe_layers`); the student's side as for ``stages``.
+  (:func:`kdcompress.probe.layers.probe_layers`); the student's side as for ``stages``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 from torch import nn
 
-from kdcompress.analysis.probe import ProbeResult, cached_probe
 from kdcompress.errors import UserError
 from kdcompress.methods.base import MethodConfig
 from kdcompress.models.layers import (
@@ -28,6 +27,7 @@ from kdcompress.models.layers import (
     middle_stage_layer,
     stage_end_layers,
 )
+from kdcompress.probe.layers import ProbeResult, cached_probe
 
 if TYPE_CHECKING:
     from kdcompress.data import DataBundle

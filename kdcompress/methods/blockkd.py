@@ -15,7 +15,7 @@ For every model M in {student, N_1..N_n} with weight ``w_student = 1``, ``w_i = 
     task     = sum_M w_M CE(z_M, y)
     distill  = sum_M w_M KD(z_M, z_t)                         (T^2-scaled KL, T = 4)
     cross    = KD(z_s, z_ens) + sum_i KD(z_{N_i}, z_ens),  z_ens = mean_i z_{N_i} (detached)
-    L        = a * task + b * distill + c * cross             (a = b = c = 1)
+    L        = w_task * task + w_distill * distill + w_cross * cross     (all 1; a, b, c in the paper)
 
 The logged terms ``task``, ``distill`` and ``cross`` are the weighted ones. Only the student is exported;
 the connectors live in this method.
@@ -27,11 +27,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from torch import nn
 
 from kdcompress import losses
-from kdcompress.methods.base import Method, MethodConfig, Progress
+from kdcompress.methods.base import Method, MethodConfig, StepProgress
 from kdcompress.methods.registry import register
 from kdcompress.models.connectors import Connector
 from kdcompress.models.modes import eval_mode
@@ -42,13 +42,14 @@ DEFAULT_MAX_STAGES = 4
 
 
 class BlockKDConfig(MethodConfig):
-    """The paper's defaults: a = b = c = 1, T = 4; ``num_stages`` defaults to the smaller natural stage
-    count of the two models, at most 4."""
+    """The paper's defaults: a = b = c = 1 (here ``w_task``, ``w_distill``, ``w_cross``; recipes may still
+    say ``a``, ``b``, ``c``), T = 4; ``num_stages`` defaults to the smaller natural stage count of the two
+    models, at most 4."""
 
     num_stages: int | None = Field(default=None, ge=1)
-    a: float = Field(default=1.0, ge=0)
-    b: float = Field(default=1.0, ge=0)
-    c: float = Field(default=1.0, ge=0)
+    w_task: float = Field(default=1.0, ge=0, validation_alias=AliasChoices("w_task", "a"))
+    w_distill: float = Field(default=1.0, ge=0, validation_alias=AliasChoices("w_distill", "b"))
+    w_cross: float = Field(default=1.0, ge=0, validation_alias=AliasChoices("w_cross", "c"))
     temperature: float = Field(default=4.0, gt=0)
 
 
@@ -62,13 +63,14 @@ def _default_stages(student: nn.Module, teacher: nn.Module) -> int:
 class BlockKD(Method):
     name = "blockkd"
     summary = "Block-KD: stepping stones (student prefix + connector + frozen teacher suffix)"
+    paper = "Yu et al.: Decoupling Dark Knowledge via Block-wise Logit Distillation (2024)"
+    kind = "feature"
     Config = BlockKDConfig
 
     @classmethod
     def resolve_config(cls, config, *, student, teacher, input_shape, data=None):
-        return config.model_copy(
-            update={"num_stages": config.num_stages or _default_stages(student, teacher)}
-        )
+        stages = config.num_stages or _default_stages(student, teacher)
+        return config.model_copy(update={"num_stages": stages}), {}
 
     def __init__(self, student, teacher, config: BlockKDConfig, example: torch.Tensor):
         super().__init__(student, teacher, config, example)
@@ -109,7 +111,7 @@ class BlockKD(Method):
             stones.append(t.head(h))
         return student_logits, stones
 
-    def forward(self, images, labels, progress: Progress, teacher_out):
+    def forward(self, images, labels, progress: StepProgress, teacher_out):
         cfg = self.config
         temperature = cfg.temperature
         logits, stones = self.stepping_stones(images)
@@ -122,7 +124,11 @@ class BlockKD(Method):
         cross = losses.kd(logits, ensemble, temperature) + sum(
             losses.kd(z, ensemble, temperature) for z in stones
         )
-        return logits, {"task": cfg.a * task, "distill": cfg.b * distill, "cross": cfg.c * cross}
+        return logits, {
+            "task": cfg.w_task * task,
+            "distill": cfg.w_distill * distill,
+            "cross": cfg.w_cross * cross,
+        }
 
     def extra_state_for_report(self) -> dict[str, Any]:
         return {

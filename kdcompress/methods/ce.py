@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from kdcompress.methods.base import Method, MethodConfig, Progress
+from kdcompress.methods.base import Method, MethodConfig, StepProgress
 from kdcompress.methods.registry import register
 
 
@@ -17,11 +17,12 @@ class CEConfig(MethodConfig):
 @register
 class CrossEntropy(Method):
     name = "ce"
-    summary = "supervised training, no teacher"
+    summary = "supervised training, no teacher (teachers, and the from-scratch baseline)"
+    kind = "baseline"
     Config = CEConfig
     needs_teacher = False
 
-    def forward(self, images, labels, progress: Progress, teacher_out=None):
+    def forward(self, images, labels, progress: StepProgress, teacher_out=None):
         logits = self.student(images)
         return logits, {"ce": F.cross_entropy(logits, labels, label_smoothing=self.config.label_smoothing)}
 

@@ -18,7 +18,7 @@ Hinton KD on the logits, ``w_kd * T^2 KL`` at ``temperature`` (the paper's "Base
 ``w_kd: 1``, T = 4, with stage-end layers and no detach); it is logged as ``loss_kd``.
 
 Layer choice (``align``): ``stages`` (default) pairs K stage ends of each model (never the stem);
-``auto`` probes the teacher (``kdcompress.analysis.probe``: the K highest-Q layers in depth order) on a
+``auto`` probes the teacher (``kdcompress.probe``: the K highest-Q layers in depth order) on a
 class-balanced sample of the training split and pairs them with the student's K stage ends; ``manual``
 uses ``teacher_layers`` and ``student_layers``. Layers given explicitly are always used (a resumed run
 keeps the layers its first run recorded in ``recipe.yaml``).
@@ -34,12 +34,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 from torch import nn
 
 from kdcompress import losses
 from kdcompress.methods.alignment import AlignmentOptions
-from kdcompress.methods.base import Method, Progress
+from kdcompress.methods.base import Method, StepProgress, teacher_pass
 from kdcompress.methods.registry import register, register_alias
 from kdcompress.models.connectors import PairLayout
 from kdcompress.models.modes import eval_mode
@@ -57,13 +57,16 @@ class FeatKDConfig(AlignmentOptions):
     detach_head: bool = Field(default=True, description="CE trains only the layers after the last pair")
     w_kd: float = Field(default=0.0, ge=0, description="weight of Hinton KD on the logits (Base FKD: 1)")
     temperature: float = Field(default=4.0, gt=0, description="temperature of the w_kd term")
-    _probe_scores: dict[str, float] | None = PrivateAttr(default=None)
 
 
 @register
 class FeatKD(Method):
     name = "featkd"
     summary = "logit-free feature KD at K layer pairs (knowledge-quality probe with --align auto)"
+    paper = "Cooper, Chen, Dwivedy, Gurari: logit-free feature KD with knowledge quality (2025)"
+    family = "adamw-onecycle"  # the paper's AdamW + OneCycle, no augmentation
+    kind = "feature"
+    in_all = False  # its paper's method, featkd-auto, is compared instead
     Config = FeatKDConfig
 
     @classmethod
@@ -85,10 +88,11 @@ class FeatKD(Method):
                 "num_pairs": len(alignment.teacher_layers),
             }
         )
+        facts = {}
         if alignment.probe is not None:
             scores = alignment.probe.scores()
-            resolved._probe_scores = {name: scores[name] for name in alignment.teacher_layers}
-        return resolved
+            facts["teacher_layer_quality"] = {t: round(scores[t], 4) for t in alignment.teacher_layers}
+        return resolved, facts
 
     def __init__(self, student, teacher, config: FeatKDConfig, example: torch.Tensor):
         super().__init__(student, teacher, config, example)
@@ -123,18 +127,19 @@ class FeatKD(Method):
         """The teacher's K features pooled to each pair's common size (and, with ``w_kd``, its logits
         last); no grad, and a function of the image only (safe to cache)."""
         tap = self._teacher_tap
-        with torch.inference_mode():
+
+        def features() -> tuple[torch.Tensor, ...]:
             logits = tap.run(images)
             outputs = [
                 pair.to_common(tap.features[name], "teacher")
                 for pair, name in zip(self.pairs, self.teacher_layers, strict=True)
             ]
-            if self.config.w_kd > 0:
-                outputs.append(logits)
-        tap.features = {}
-        return tuple(f.clone() for f in outputs)
+            tap.features = {}
+            return (*outputs, logits) if self.config.w_kd > 0 else tuple(outputs)
 
-    def forward(self, images, labels, progress: Progress, teacher_out):
+        return teacher_pass(features)
+
+    def forward(self, images, labels, progress: StepProgress, teacher_out):
         tap = self._student_tap
         with tap:
             logits = self.student(images)
@@ -153,19 +158,38 @@ class FeatKD(Method):
         return logits, terms
 
     def extra_state_for_report(self) -> dict[str, Any]:
-        facts: dict[str, Any] = {
+        pairs = [f"{t} <- {s}" for t, s in zip(self.teacher_layers, self.student_layers, strict=True)]
+        detached = self.detach_layer or "nowhere (CE trains the whole student)"
+        return {
             "align": self.config.align,
-            "layer_pairs": [
-                f"{t} <- {s}" for t, s in zip(self.teacher_layers, self.student_layers, strict=True)
-            ],
-            "detached_at": self.detach_layer or "nowhere (CE trains the whole student)",
+            "layer_pairs": pairs,
+            "detached_at": detached,
+            **self.report_facts,
         }
-        if self.config._probe_scores:
-            facts["teacher_layer_quality"] = {k: round(v, 4) for k, v in self.config._probe_scores.items()}
-        return facts
 
 
-register_alias("featkd-auto", "featkd", align="auto")
-register_alias("featkd-stages", "featkd", align="stages")
-register_alias("base-fkd", "featkd", align="stages", detach_head=False, w_kd=1.0)
-register_alias("featkd-ce", "featkd", align="auto", detach_head=False)
+register_alias(
+    "featkd-auto",
+    FeatKD,
+    align="auto",
+    summary="featkd with Q-chosen teacher layers (the paper's method)",
+    in_all=True,
+)
+register_alias(
+    "featkd-stages", FeatKD, align="stages", summary="featkd at stage ends (the paper's Base FKD-LL)"
+)
+register_alias(
+    "base-fkd",
+    FeatKD,
+    align="stages",
+    detach_head=False,
+    w_kd=1.0,
+    summary="stage-end feature KD with CE and KD through the backbone (the paper's Base FKD)",
+)
+register_alias(
+    "featkd-ce",
+    FeatKD,
+    align="auto",
+    detach_head=False,
+    summary="featkd-auto with CE through the backbone (Ours + CE)",
+)

@@ -1,14 +1,14 @@
 """``fitnet``: FitNets hints (Romero et al.), the baseline feature-KD method.
 
-``L = CE + w * mean((C(f_s) - f_t)^2)`` at one hint pair (student layer s, teacher layer t). The
+``L = CE + w_hint * mean((C(f_s) - f_t)^2)`` at one hint pair (student layer s, teacher layer t). The
 connector ``C`` is a 1x1 convolution + BN from the student's channels to the teacher's (``Conv1d`` + BN
 over the hidden size for token features), with the student map average-pooled (larger) or
-interpolated (smaller) to the teacher's spatial size. ``w = 100`` and the hint at the middle stage end
-(index 2 of stem, layer1, layer2, layer3 for the CIFAR ResNets) are mdistiller's CIFAR defaults
-(``FITNET.LOSS.FEAT_WEIGHT = 100``, ``FITNET.HINT_LAYER = 2``).
+interpolated (smaller) to the teacher's spatial size. ``w_hint = 100`` (``w`` in older recipes) and the
+hint at the middle stage end (index 2 of stem, layer1, layer2, layer3 for the CIFAR ResNets) are
+mdistiller's CIFAR defaults (``FITNET.LOSS.FEAT_WEIGHT = 100``, ``FITNET.HINT_LAYER = 2``).
 
 ``align``: ``stages`` (default) uses the middle stage end of each model; ``auto`` takes the teacher
-layer with the highest knowledge quality Q (``kdcompress.analysis.probe``) and the student's middle stage end;
+layer with the highest knowledge quality Q (``kdcompress.probe``) and the student's middle stage end;
 ``manual`` needs ``teacher_layer`` and ``student_layer``. Layers given explicitly are always used.
 """
 
@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, PrivateAttr
+from pydantic import AliasChoices, Field
 
 from kdcompress import losses
 from kdcompress.methods.alignment import AlignmentOptions
-from kdcompress.methods.base import Method, Progress
+from kdcompress.methods.base import Method, StepProgress, teacher_pass
 from kdcompress.methods.registry import register
 from kdcompress.models.connectors import Connector
 from kdcompress.models.taps import FeatureTap, tapped_shapes
@@ -31,16 +31,17 @@ from kdcompress.models.taps import FeatureTap, tapped_shapes
 class FitNetConfig(AlignmentOptions):
     """mdistiller's CIFAR FitNet config: CE weight 1, feature weight 100, the middle stage as hint."""
 
-    w: float = Field(default=100.0, ge=0)
+    w_hint: float = Field(default=100.0, ge=0, validation_alias=AliasChoices("w_hint", "w"))
     teacher_layer: str | None = None
     student_layer: str | None = None
-    _probe_score: float | None = PrivateAttr(default=None)
 
 
 @register
 class FitNet(Method):
     name = "fitnet"
-    summary = "FitNets hint: CE + w * MSE(connector(student feature), teacher feature)"
+    summary = "FitNets hint: CE + w_hint * MSE(connector(student feature), teacher feature)"
+    paper = "Romero et al.: FitNets: Hints for Thin Deep Nets (ICLR 2015)"
+    kind = "feature"
     Config = FitNetConfig
 
     @classmethod
@@ -62,9 +63,10 @@ class FitNet(Method):
                 "student_layer": alignment.student_layers[0],
             }
         )
+        facts = {}
         if alignment.probe is not None:
-            resolved._probe_score = alignment.probe.scores()[alignment.teacher_layers[0]]
-        return resolved
+            facts["teacher_layer_quality"] = round(alignment.probe.scores()[alignment.teacher_layers[0]], 4)
+        return resolved, facts
 
     def __init__(self, student, teacher, config: FitNetConfig, example: torch.Tensor):
         super().__init__(student, teacher, config, example)
@@ -79,23 +81,20 @@ class FitNet(Method):
     def teacher_outputs(self, images: torch.Tensor) -> torch.Tensor:
         """The teacher's hint feature (the teacher stops right after that layer); no grad."""
         tap = self._teacher_tap
-        with torch.inference_mode():
-            tap.run(images)
-            feature = tap.features.pop(self.teacher_layer)
-        return feature.clone()
 
-    def forward(self, images, labels, progress: Progress, teacher_out):
+        def hint() -> torch.Tensor:
+            tap.run(images)
+            return tap.features.pop(self.teacher_layer)
+
+        return teacher_pass(hint)
+
+    def forward(self, images, labels, progress: StepProgress, teacher_out):
         with self._student_tap as tap:
             logits = self.student(images)
         feature = tap.features.pop(self.student_layer)
         hint = losses.feature_mse(self.connector(feature), teacher_out)
-        return logits, {"ce": F.cross_entropy(logits, labels), "hint": self.config.w * hint}
+        return logits, {"ce": F.cross_entropy(logits, labels), "hint": self.config.w_hint * hint}
 
     def extra_state_for_report(self) -> dict[str, Any]:
-        facts: dict[str, Any] = {
-            "align": self.config.align,
-            "hint": f"{self.teacher_layer} <- {self.student_layer}",
-        }
-        if self.config._probe_score is not None:
-            facts["teacher_layer_quality"] = round(self.config._probe_score, 4)
-        return facts
+        hint = f"{self.teacher_layer} <- {self.student_layer}"
+        return {"align": self.config.align, "hint": hint, **self.report_facts}

@@ -16,11 +16,12 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from kdcompress import losses
-from kdcompress.methods.base import Method, Progress, WarmupConfig, ce_weight, warmup_epochs
+from kdcompress.methods.base import StepProgress, WarmupConfig, ce_weight, warmup_epochs
+from kdcompress.methods.logit import LogitConfig, LogitMethod
 from kdcompress.methods.registry import register
 
 
-class LumiNetConfig(WarmupConfig):
+class LumiNetConfig(WarmupConfig, LogitConfig):
     """Defaults for pairs without a released config; per-pair values (e.g. resnet32x4 -> resnet8x4:
     alpha 33, T 4, w_ce 2) live in the recipes. ImageNet: alpha 2, T 0.7, w_ce 1, warm-up 1."""
 
@@ -56,18 +57,22 @@ def gather_batch(tensor: torch.Tensor, differentiable: bool) -> torch.Tensor:
 
 
 @register
-class LumiNet(Method):
+class LumiNet(LogitMethod):
     name = "luminet"
     summary = "LumiNet: KL between batch-standardised teacher and student logits (alpha^2-weighted)"
+    paper = (
+        "Hossain et al.: LumiNet: Perception-Driven Knowledge Distillation via Statistical Logit "
+        "Calibration (TMLR 2025)"
+    )
     Config = LumiNetConfig
 
-    def forward(self, images, labels, progress: Progress, teacher_out):
+    def forward(self, images, labels, progress: StepProgress, teacher_out):
         logits = self.student(images)
         cfg = self.config
-        student, teacher = logits, teacher_out
+        student, teacher = self.distilled_pair(logits, teacher_out)
         if cfg.global_stats and _world_size() > 1:
-            student = gather_batch(logits, differentiable=True)
-            teacher = gather_batch(teacher_out.detach(), differentiable=False)
+            student = gather_batch(student, differentiable=True)
+            teacher = gather_batch(teacher.detach(), differentiable=False)
         distill = losses.luminet(student, teacher, cfg.temperature)
         return logits, {
             "ce": cfg.w_ce * F.cross_entropy(logits, labels),

@@ -11,11 +11,12 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from kdcompress import losses
-from kdcompress.methods.base import Method, Progress, WarmupConfig, ce_weight
+from kdcompress.methods.base import StepProgress, WarmupConfig, ce_weight
+from kdcompress.methods.logit import LogitConfig, LogitMethod
 from kdcompress.methods.registry import register
 
 
-class NKDConfig(WarmupConfig):
+class NKDConfig(WarmupConfig, LogitConfig):
     """Defaults of the NKD paper and code: gamma 1.5, T 1, CE and NKD weighted 1 each, no warm-up."""
 
     gamma: float = Field(default=1.5, ge=0, description="weight of the non-target term")
@@ -25,15 +26,20 @@ class NKDConfig(WarmupConfig):
 
 
 @register
-class NKD(Method):
+class NKD(LogitMethod):
     name = "nkd"
     summary = "Normalized KD: teacher-weighted target term + renormalised non-target soft labels"
+    paper = (
+        "Yang, Zeng, Li, Zhang, Yuan, Li: From Knowledge Distillation to Self-Knowledge Distillation "
+        "(ICCV 2023)"
+    )
     Config = NKDConfig
 
-    def forward(self, images, labels, progress: Progress, teacher_out):
+    def forward(self, images, labels, progress: StepProgress, teacher_out):
         logits = self.student(images)
         cfg = self.config
-        distill = losses.nkd(logits, teacher_out, labels, cfg.gamma, cfg.temperature)
+        student, teacher = self.distilled_pair(logits, teacher_out)
+        distill = losses.nkd(student, teacher, labels, cfg.gamma, cfg.temperature)
         return logits, {
             "ce": cfg.w_ce * F.cross_entropy(logits, labels),
             "nkd": cfg.ramp(progress) * cfg.w_nkd * distill,

@@ -48,8 +48,10 @@ from torch import Tensor, nn
 
 from kdcompress import losses
 from kdcompress.errors import UserError
-from kdcompress.methods.base import Method, Progress, WarmupConfig
+from kdcompress.methods.base import StepProgress, WarmupConfig, teacher_pass
+from kdcompress.methods.logit import LogitConfig, LogitMethod
 from kdcompress.methods.registry import register, register_alias
+from kdcompress.models.factory import architecture_of
 from kdcompress.models.modes import eval_mode
 
 #: Per-base defaults for the options whose schema default is None.
@@ -62,7 +64,7 @@ BASE_DEFAULTS: dict[str, dict[str, float]] = {
 _BASE_ONLY: dict[str, str] = {"alpha": "dkd", "beta": "dkd", "gamma": "nkd"}
 
 
-class SDDConfig(WarmupConfig):
+class SDDConfig(WarmupConfig, LogitConfig):
     """Options of SDD; ``None`` means the default of the chosen ``base`` (see the module docstring)."""
 
     base: Literal["kd", "dkd", "nkd"] = Field(default="kd", description="logit loss applied per region")
@@ -151,14 +153,6 @@ class SDDConfig(WarmupConfig):
         return options
 
 
-def _arch_name(model: nn.Module) -> str:
-    for attr in ("pretrained_cfg", "default_cfg"):
-        cfg = getattr(model, attr, None)
-        if isinstance(cfg, dict) and cfg.get("architecture"):
-            return str(cfg["architecture"])
-    return type(model).__name__
-
-
 def cell_head(model: nn.Module, role: str = "model") -> Callable[[Tensor], Tensor]:
     """A function mapping pooled cell vectors ``[M, C]`` to logits ``[M, K]`` with ``model``'s own head.
 
@@ -166,7 +160,7 @@ def cell_head(model: nn.Module, role: str = "model") -> Callable[[Tensor], Tenso
     pooling and the fc all apply), or a linear ``get_classifier()`` when there is no ``forward_head``.
     Raises :class:`UserError` naming what is missing.
     """
-    arch = _arch_name(model)
+    arch = architecture_of(model, type(model).__name__)
     if not callable(getattr(model, "forward_features", None)):
         raise UserError(
             f"SDD needs the {role} '{arch}' to expose forward_features() (its feature map before global "
@@ -204,7 +198,7 @@ def check_local_head(
 
     This checks the head, not the method's pooling option, so it is the same for either pooling.
     """
-    arch = _arch_name(model)
+    arch = architecture_of(model, type(model).__name__)
     with eval_mode(model), torch.no_grad():
         features = model.forward_features(example)
         if not isinstance(features, Tensor) or features.dim() != 4:
@@ -238,9 +232,11 @@ def check_local_head(
 
 
 @register
-class SDD(Method):
+class SDD(LogitMethod):
     name = "sdd"
     summary = "Scale Decoupled Distillation: a base logit loss on multi-scale local logits"
+    paper = "Wei, Luo, Luo: Scale Decoupled Distillation (CVPR 2024)"
+    in_all = False  # its variants sd-kd and sd-dkd are compared instead
     Config = SDDConfig
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, config: SDDConfig, example: Tensor):
@@ -260,23 +256,22 @@ class SDD(Method):
 
     def teacher_outputs(self, images: Tensor) -> Tensor:
         """The teacher's local logits ``[B, K, N]``."""
-        with torch.inference_mode():
-            local = self.local_logits(self.teacher.forward_features(images), self._teacher_head)
-        # Inference tensors cannot be saved for backward; a clone outside inference mode can.
-        return local.clone()
+        return teacher_pass(
+            lambda: self.local_logits(self.teacher.forward_features(images), self._teacher_head)
+        )
 
-    def forward(self, images, labels, progress: Progress, teacher_out):
+    def forward(self, images, labels, progress: StepProgress, teacher_out):
         cfg = self.config
         features = self.student.forward_features(images)
         logits = normal_logits(self.student, features)
-        local = self.local_logits(features, self._student_head)
-        distill = losses.sdd(local, teacher_out, labels, **cfg.loss_options())
+        student, teacher = self.distilled_pair(self.local_logits(features, self._student_head), teacher_out)
+        distill = losses.sdd(student, teacher, labels, **cfg.loss_options())
         return logits, {
             "ce": cfg.w_ce * F.cross_entropy(logits, labels),
             "sdd": cfg.ramp(progress) * cfg.w_sdd * distill,
         }
 
 
-register_alias("sd-kd", "sdd", base="kd")
-register_alias("sd-dkd", "sdd", base="dkd")
-register_alias("sd-nkd", "sdd", base="nkd")
+register_alias("sd-kd", SDD, base="kd", summary="SDD with KD on every region", in_all=True)
+register_alias("sd-dkd", SDD, base="dkd", summary="SDD with DKD on every region", in_all=True)
+register_alias("sd-nkd", SDD, base="nkd", summary="SDD with NKD on every region (the authors' code)")

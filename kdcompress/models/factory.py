@@ -20,7 +20,6 @@ run records in ``config.json`` and ``report.md``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import timm
@@ -30,8 +29,7 @@ from torch import nn
 from kdcompress.errors import UserError, did_you_mean
 from kdcompress.models.hub import create_pretrained, names_weights
 from kdcompress.models.weights import load_weights, read_state_dict, resolve_weights_path
-
-PRETRAINED = "pretrained"
+from kdcompress.recipe import PRETRAINED
 
 
 def known_architectures() -> list[str]:
@@ -269,10 +267,3 @@ def _build(spec: Any, role: str, num_classes: int, in_chans: int) -> tuple[nn.Mo
             "teaches nothing; set teacher.allow_random=true for tests and speed benchmarks)."
         )
     return build_model(arch, num_classes, in_chans, **kwargs), "random initialisation"
-
-
-def path_or_keyword(value: str | None) -> str | None:
-    """A recipe's weights / init value as recorded: ``pretrained`` as is, a path made absolute."""
-    if value is None or value == PRETRAINED:
-        return value
-    return str(Path(value).expanduser().resolve())

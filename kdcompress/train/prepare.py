@@ -19,9 +19,9 @@ from kdcompress.data import DataBundle, epoch_seed, load_data
 from kdcompress.data.spec import InputSpec
 from kdcompress.errors import UserError
 from kdcompress.methods import Method, resolve_method
-from kdcompress.models.factory import architecture_of, build_from_spec, collapse_warning, path_or_keyword
+from kdcompress.models.factory import architecture_of, build_from_spec, collapse_warning
 from kdcompress.models.preprocessing import carried_spec, resolve_spec
-from kdcompress.recipe import ModelSpec, Recipe, validate_recipe
+from kdcompress.recipe import ModelSpec, Recipe, absolute_weights, validate_recipe
 
 
 @dataclass
@@ -81,11 +81,7 @@ def prepare(recipe: Recipe) -> Prepared:
     resolved["data"]["interpolation"] = data.decoding.interpolation
     if data.is_files:
         resolved["data"]["crop_pct"] = data.decoding.crop_pct
-    # Weight paths are recorded absolute, so the recipe replays from any working directory.
-    for role in ("student", "teacher"):
-        if resolved.get(role):
-            for key in ("weights", "init"):
-                resolved[role][key] = path_or_keyword(resolved[role][key])
+    resolved = absolute_weights(resolved)
     return Prepared(validate_recipe(resolved), data, method, student, teacher, origins, specs, assumed)
 
 

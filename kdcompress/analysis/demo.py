@@ -19,10 +19,10 @@ from rich.console import Console
 from kdcompress import checkpoint
 from kdcompress.deploy.export import export
 from kdcompress.deploy.onnx import onnx_latency, onnx_session
+from kdcompress.deploy.trained import load_trained
 from kdcompress.errors import UserError
 from kdcompress.models.cost import torch_latency
 from kdcompress.recipe import Recipe, validate_recipe
-from kdcompress.run_folder import load_trained
 from kdcompress.train import engine
 
 TEACHER_ARCH = "resnet18"

@@ -1,4 +1,5 @@
-"""A trained model as a folder holds it: weights, the config that describes its inputs, and its data.
+"""A trained model as a folder (or a lone ONNX file) holds it: weights, the config that describes its inputs,
+and its data.
 
 ``eval``, ``export`` and ``bench`` all start from a run folder, an export folder, or a weight file next
 to its ``config.json``. :func:`load_trained` rebuilds the model; :func:`data_for_model` loads a dataset
