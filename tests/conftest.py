@@ -97,6 +97,20 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPath
 
 
 @pytest.fixture
+def counted_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The run folders the engine actually trains during the test (reuse checks count them)."""
+    calls: list[str] = []
+    original = engine.run
+
+    def counting(recipe, run_dir, *args, **kwargs):
+        calls.append(str(run_dir))
+        return original(recipe, run_dir, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "run", counting)
+    return calls
+
+
+@pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()
 

@@ -18,20 +18,6 @@ def compare_args(teacher_run, out, *extra: str) -> list[str]:
     return [*args, "--set", "data.val_limit=128", *extra]
 
 
-@pytest.fixture
-def counted_runs(monkeypatch):
-    """How many runs the engine actually trains."""
-    calls: list[str] = []
-    original = engine.run
-
-    def counting(recipe, run_dir, *args, **kwargs):
-        calls.append(str(run_dir))
-        return original(recipe, run_dir, *args, **kwargs)
-
-    monkeypatch.setattr(engine, "run", counting)
-    return calls
-
-
 def test_compare_writes_the_leaderboard_and_reuses_finished_runs(runner, tmp_path, teacher_run, counted_runs):
     out = tmp_path / "cmp"
     result = runner.invoke(app, compare_args(teacher_run, out))

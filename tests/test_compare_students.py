@@ -14,7 +14,6 @@ import pytest
 
 from kdcompress.analysis.compare.leaderboard import pareto_front
 from kdcompress.cli import app
-from kdcompress.train import engine
 
 pytestmark = pytest.mark.slow
 
@@ -25,19 +24,6 @@ TINY += ["--set", "data.train_limit=128", "--set", "data.val_limit=64"]
 def compare_args(teacher_run, out, students: str, *extra: str) -> list[str]:
     args = ["compare", "--teacher", "cifar_resnet14", "--teacher-weights", str(teacher_run)]
     return [*args, "--students", students, "--methods", "ce,kd", *TINY, "--out", str(out), *extra]
-
-
-@pytest.fixture
-def counted_runs(monkeypatch):
-    calls: list[str] = []
-    original = engine.run
-
-    def counting(recipe, run_dir, *args, **kwargs):
-        calls.append(str(run_dir))
-        return original(recipe, run_dir, *args, **kwargs)
-
-    monkeypatch.setattr(engine, "run", counting)
-    return calls
 
 
 def test_students_by_methods_by_seeds_with_deployed_accuracy_and_the_front(

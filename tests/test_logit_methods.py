@@ -416,6 +416,9 @@ def test_models_without_a_usable_head_are_clear_errors():
         ("sd-kd", "sdd", {"name": "sdd", "base": "kd", "w_ce": 0.1}),
         ("sd-dkd", "sdd", {"name": "sdd", "base": "dkd", "warmup": 20.0}),
         ("luminet", "luminet", {"name": "luminet", "alpha": 31.0}),
+        ("dist", "dist", {"name": "dist", "temperature": 1.0, "beta": 1.0}),
+        ("kd-ls", "kd", {"name": "kd", "standardize_logits": True, "temperature": 2.0, "w_kd": 9.0}),
+        ("dkd-ls", "dkd", {"name": "dkd", "standardize_logits": True, "alpha": 9.0, "beta": 72.0}),
     ],
 )
 def test_distill_one_epoch_on_digits(runner, teacher_run, tmp_path, method, term, resolved):
