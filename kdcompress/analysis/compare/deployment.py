@@ -85,13 +85,22 @@ def _measure(request: CompareRequest, run: PlannedRun, settings: DeploySettings)
     fmt = data.fmt
     model, _ = build_from_spec(recipe.student, "student", data.num_classes, fmt.channels, fmt.size)
     model.eval()
-    path = _deployable(
-        model,
-        fmt.input_shape,
-        deploy_file(request, run.student, settings.precision),
-        settings.precision,
-        data,
-    )
+    try:
+        path = _deployable(
+            model,
+            fmt.input_shape,
+            deploy_file(request, run.student, settings.precision),
+            settings.precision,
+            data,
+        )
+    except UserError:
+        raise
+    except Exception as exc:  # an exporter or quantizer that cannot handle this architecture
+        raise UserError(
+            f"Student '{run.student}' cannot be made into a {settings.precision} ONNX file "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); drop it from "
+            "--students or deploy at another --deploy precision."
+        ) from None
     session = onnx_session(path)
     latency = onnx_latency(session, torch.randn(settings.batch, *fmt.input_shape), warmup=5, repeats=30)
     return StudentCost(

@@ -132,11 +132,10 @@ def _deployed(runs: list[PlannedRun], request: CompareRequest, console: Any) -> 
             continue
         try:
             found[run.folder] = deployed_top1(run, precision)["top1"]
-        except UserError as exc:
+        except Exception as exc:  # one run's export failing must not lose the whole leaderboard
+            said = escape(f"{type(exc).__name__}: {exc}" if not isinstance(exc, UserError) else str(exc))
             console.print(
-                f"[yellow]{_label(run)}: no {precision} file:[/] {escape(str(exc))}",
-                highlight=False,
-                soft_wrap=True,
+                f"[yellow]{_label(run)}: no {precision} file:[/] {said}", highlight=False, soft_wrap=True
             )
     return found
 
