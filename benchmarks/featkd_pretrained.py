@@ -18,8 +18,13 @@ Every gain (``gain_vs_ce``) is over the best ``ce`` mean of step 1. Writes
 each row ``{"run", "seeds", "best_top1_mean", "best_top1_std", "last_top1_mean", "gain_vs_ce", ...}``.
 Runs are reused, so re-running only does what is missing.
 
+``--stage search`` runs only the ``ce`` search (e.g. one ``--augments`` value per machine), ``--stage
+paper`` only the methods in their paper's setting; the default ``all`` runs what is missing of both,
+then the best ``ce``'s seeds, and writes the JSON.
+
 Usage: python benchmarks/featkd_pretrained.py [--out runs/featkd-pretrained] [--seeds 0,1,2]
        [--rates 0.002,0.005,0.01] [--augments none,crop_flip] [--lr 0.002] [--extra-methods ...]
+       [--stage all|search|paper]
 """
 
 from __future__ import annotations
@@ -66,9 +71,14 @@ def main() -> None:
     parser.add_argument("--methods", default="featkd-auto,base-fkd")
     parser.add_argument("--extra-methods", default="", help="also run these, seed 0")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/featkd_pretrained.json")
+    parser.add_argument("--stage", choices=("all", "search", "paper"), default="all")
     args = parser.parse_args()
     rates = [r.strip() for r in args.rates.split(",") if r.strip()]
     augments = [a.strip() for a in args.augments.split(",") if a.strip()]
+    paper = folder(args.out, args.lr, "none")
+    if args.stage == "paper":
+        compare(paper, args.methods, args.seeds, args.lr, "none", args.teacher)
+        return
     search = []
     for augment in augments:
         for lr in rates:
@@ -76,11 +86,12 @@ def main() -> None:
             search.append(
                 {"lr": float(lr), "augment": augment, "top1": row_of(board, "ce")["best_top1_mean"]}
             )
+    if args.stage == "search":
+        return
     best = max(search, key=lambda r: r["top1"])
     best_lr, best_aug = f"{best['lr']:g}", best["augment"]
     ce_board = compare(folder(args.out, best_lr, best_aug), "ce", args.seeds, best_lr, best_aug, args.teacher)
     best_ce = {**row_of(ce_board, "ce"), "lr": best["lr"], "augment": best_aug}
-    paper = folder(args.out, args.lr, "none")
     board = compare(paper, args.methods, args.seeds, args.lr, "none", args.teacher)
     rows = {r["method"]: r for r in board["rows"]}
     if args.extra_methods:
