@@ -50,4 +50,5 @@ register_alias(
     alpha=9.0,
     beta=72.0,
     summary="DKD on standardised logits at the LS paper's setting (T 2, alpha 1x9, beta 8x9)",
+    paper="Sun et al.: Logit Standardization in Knowledge Distillation (CVPR 2024)",
 )

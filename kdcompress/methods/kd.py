@@ -45,4 +45,5 @@ register_alias(
     temperature=2.0,
     w_kd=9.0,
     summary="KD on standardised logits at the LS paper's setting (T 2, KD weight 9)",
+    paper="Sun et al.: Logit Standardization in Knowledge Distillation (CVPR 2024)",
 )
