@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -177,6 +178,17 @@ def test_help_everywhere_and_python_dash_m(runner):
     done = subprocess.run([sys.executable, "-m", "kdcompress", "--help"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert all(command in done.stdout for command in commands)
+
+
+def test_tables_in_a_log_file_are_not_cut_to_80_columns(tmp_path):
+    """A job's log (stdout to a file) gets tables as wide as a leaderboard needs; COLUMNS still rules."""
+    script = "from kdcompress.cli.common import console; print(console.width)"
+    for env, expected in (({}, "160"), ({"COLUMNS": "100"}, "100")):
+        log = tmp_path / "job.log"
+        with log.open("w") as out:
+            base = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+            subprocess.run([sys.executable, "-c", script], stdout=out, env={**base, **env}, check=True)
+        assert log.read_text().strip() == expected
 
 
 def test_help_and_recipes_list_import_neither_torch_nor_timm():

@@ -162,7 +162,7 @@ def test_parity_failure_exits_2_with_one_sentence(runner, teacher_run, int8_expo
         return path
 
     monkeypatch.setattr(export_module, "export_onnx", fake_export)
-    monkeypatch.setattr(onnx_module, "max_difference", lambda session, model, x: 0.5)
+    monkeypatch.setattr(onnx_module, "logit_error", lambda session, model, x: 0.5)
     out = tmp_path / "bad"
     result = runner.invoke(app, ["export", str(teacher_run), "--format", "onnx", "--out", str(out)])
     assert result.exit_code == 2
@@ -170,6 +170,40 @@ def test_parity_failure_exits_2_with_one_sentence(runner, teacher_run, int8_expo
     assert message.startswith("error:") and "differs from PyTorch by 5.00e-01" in message
     assert len(message.splitlines()) == 1
     assert not (out / "model.onnx").exists()  # an unverified file is not left behind
+
+
+class _FakeSession:
+    """What ``logit_error`` needs of an onnxruntime session: an input name and ``run``."""
+
+    def __init__(self, output: np.ndarray) -> None:
+        self.output = output
+
+    def get_inputs(self):
+        return [type("Input", (), {"name": "input"})()]
+
+    def run(self, names, feed):
+        return [self.output]
+
+
+@pytest.mark.parametrize(
+    ("scale", "drift", "accepted"),
+    [(20.0, 1.3e-4, True), (20.0, 5e-3, False), (0.5, 1.3e-4, False), (0.5, 5e-5, True)],
+)
+def test_onnx_parity_bar_scales_with_the_logits(scale, drift, accepted):
+    """Float32 reordering drift grows with the logits: 1.3e-4 on logits of 20 is rounding, on logits
+    below 1 it is an error; 5e-3 on logits of 20 (2.5e-4 of their scale) is an error too."""
+    from kdcompress.deploy.onnx import ONNX_TOLERANCE, logit_error
+
+    model = torch.nn.Linear(4, 3)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.copy_(torch.tensor([scale, -scale / 2, 0.0]))
+    expected = model(torch.zeros(2, 4)).detach().numpy()
+    got = expected.copy()
+    got[1, 0] += drift
+    error = logit_error(_FakeSession(got), model, torch.zeros(2, 4))
+    assert error == pytest.approx(drift / max(1.0, scale), rel=0.05)  # float32 spacing at 20: 2e-6
+    assert (error <= ONNX_TOLERANCE) is accepted
 
 
 @pytest.mark.parametrize(

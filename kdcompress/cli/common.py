@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -15,8 +16,21 @@ from rich.markup import escape
 
 from kdcompress.errors import UserError
 
-console = Console()
-err_console = Console(stderr=True)
+LOG_WIDTH = 160  # columns of tables written to a file or pipe (a cluster job's log), not a terminal
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console that sizes itself to a terminal, and to :data:`LOG_WIDTH` when its output goes to a file:
+    rich's 80-column default for non-terminals cuts a multi-student leaderboard to ``mo…`` cells in the
+    very logs a SLURM or ``nohup`` run leaves. ``COLUMNS`` still wins when set."""
+    stream = sys.stderr if stderr else sys.stdout
+    is_terminal = getattr(stream, "isatty", lambda: False)()
+    width = None if is_terminal or os.environ.get("COLUMNS") else LOG_WIDTH
+    return Console(stderr=stderr, width=width)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

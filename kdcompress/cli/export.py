@@ -89,7 +89,9 @@ def register(app: typer.Typer) -> None:
             size = path.stat().st_size / 1e6
             console.print(f"[green]wrote[/] {kind:<12} {path}  ({size:.2f} MB)")
         for name, diff in result.parity.items():
-            console.print(f"onnxruntime vs PyTorch on {name} inputs: max |diff| = {diff:.2e}")
+            console.print(
+                f"onnxruntime vs PyTorch on {name} inputs: max |diff| = {diff:.2e} of the logit scale"
+            )
         reduced = result.reduced
         if reduced is not None:
             c = reduced.comparison

@@ -50,7 +50,7 @@ class ReducedOptions:
 @dataclass
 class ExportResult:
     files: dict[str, Path] = field(default_factory=dict)
-    parity: dict[str, float] = field(default_factory=dict)  # input name -> max abs difference
+    parity: dict[str, float] = field(default_factory=dict)  # input name -> onnx.logit_error
     reduced: quantize.ReducedExport | None = None  # the fp16 / int8 file and its comparison with fp32
 
 
