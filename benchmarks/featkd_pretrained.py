@@ -20,17 +20,19 @@ Runs are reused, so re-running only does what is missing.
 
 ``--stage search`` runs only the ``ce`` search (e.g. one ``--augments`` value per machine), ``--stage
 paper`` only the methods in their paper's setting; the default ``all`` runs what is missing of both,
-then the best ``ce``'s seeds, and writes the JSON.
+then the best ``ce``'s seeds, and writes the JSON. ``--stage collect`` trains nothing: it writes the
+JSON from the finished runs alone (``"complete": false``), for a budget that ran out part-way.
 
 Usage: python benchmarks/featkd_pretrained.py [--out runs/featkd-pretrained] [--seeds 0,1,2]
        [--rates 0.002,0.005,0.01] [--augments none,crop_flip] [--lr 0.002] [--extra-methods ...]
-       [--stage all|search|paper]
+       [--stage all|search|paper|collect]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +62,67 @@ def folder(out: Path, lr: str, augment: str) -> Path:
     return out / (f"lr{lr}" if augment == "none" else f"lr{lr}-{augment}")
 
 
+def finished_scores(method_folder: Path) -> dict[int, float]:
+    """Best validation top-1 of every finished seed (a report.md is written last) of one method."""
+    scores = {}
+    for run in sorted(method_folder.glob("seed*")):
+        if (run / "report.md").is_file():
+            rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+            scores[int(run.name.removeprefix("seed"))] = max(row["val_top1"] for row in rows)
+    return scores
+
+
+def summary(scores: dict[int, float]) -> dict:
+    values = list(scores.values())
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {
+        "seeds": sorted(scores),
+        "best_top1_mean": round(statistics.mean(values), 2),
+        "best_top1_std": std,
+    }
+
+
+def collect(out: Path, rates: list[str], augments: list[str], lr: str, teacher: Path) -> dict:
+    """The JSON from finished runs only: the search rows whose seed 0 finished, the best of them with
+    all its finished seeds, and every method of the paper setting with its finished seeds."""
+    search = []
+    for augment in augments:
+        for rate in rates:
+            scores = finished_scores(folder(out, rate, augment) / "ce")
+            if 0 in scores:
+                search.append({"lr": float(rate), "augment": augment, "top1": scores[0]})
+    best = max(search, key=lambda r: r["top1"])
+    best_scores = finished_scores(folder(out, f"{best['lr']:g}", best["augment"]) / "ce")
+    best_ce = {**summary(best_scores), "lr": best["lr"], "augment": best["augment"]}
+    rows = []
+    for method_folder in sorted(p for p in folder(out, lr, "none").iterdir() if p.is_dir()):
+        scores = finished_scores(method_folder)
+        if scores:
+            row = summary(scores)
+            gain = round(row["best_top1_mean"] - best_ce["best_top1_mean"], 2)
+            name = (
+                "ce (same optimizer)"
+                if method_folder.name == "ce"
+                else NAMES.get(method_folder.name, method_folder.name)
+            )
+            rows.append({"run": name, **row, "gain_vs_ce": gain, "lr": float(lr), "augment": "none"})
+    teacher_rows = [json.loads(line) for line in (teacher / "metrics.jsonl").read_text().splitlines()]
+    teacher_top1 = max(row["val_top1"] for row in teacher_rows)
+    return {
+        "complete": False,
+        "teacher_top1": teacher_top1,
+        "best_ce": best_ce,
+        "ce_search": search,
+        "rows": rows,
+    }
+
+
+def write(path: Path, document: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    print(json.dumps(document, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/featkd-pretrained"))
@@ -71,11 +134,14 @@ def main() -> None:
     parser.add_argument("--methods", default="featkd-auto,base-fkd")
     parser.add_argument("--extra-methods", default="", help="also run these, seed 0")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/featkd_pretrained.json")
-    parser.add_argument("--stage", choices=("all", "search", "paper"), default="all")
+    parser.add_argument("--stage", choices=("all", "search", "paper", "collect"), default="all")
     args = parser.parse_args()
     rates = [r.strip() for r in args.rates.split(",") if r.strip()]
     augments = [a.strip() for a in args.augments.split(",") if a.strip()]
     paper = folder(args.out, args.lr, "none")
+    if args.stage == "collect":
+        write(args.json, collect(args.out, rates, augments, args.lr, args.teacher))
+        return
     if args.stage == "paper":
         compare(paper, args.methods, args.seeds, args.lr, "none", args.teacher)
         return
@@ -109,8 +175,7 @@ def main() -> None:
         "ce_search": search,
         "rows": results,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(document, indent=2) + "\n")
+    write(args.json, document)
     print(
         f"best ce: lr {best_lr}, augment {best_aug}: {best_ce['best_top1_mean']:.2f} over {best_ce['seeds']}"
     )
