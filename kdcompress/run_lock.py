@@ -77,6 +77,19 @@ def _read_holder(path: Path) -> Holder:
     return Holder(record.get("pid"), record.get("host"), record.get("started"), record.get("command"))
 
 
+def _wait_for_holder(path: Path, patience: float = 2.0) -> Holder:
+    """The holder's record, waiting briefly for it: a holder writes its record just after taking the
+    lock, so a command started at the same moment can find the lock taken and the record still empty
+    (seen on a loaded machine). Two seconds covers that gap; a record still missing after them is
+    reported as unknown rather than blocking the refusal."""
+    deadline = time.monotonic() + patience
+    holder = _read_holder(path)
+    while holder.pid is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        holder = _read_holder(path)
+    return holder
+
+
 class RunLock:
     """The exclusive lock on one folder, held from :meth:`acquire` until :meth:`release` (or death).
 
@@ -111,7 +124,7 @@ class RunLock:
             ) from None
         if not _try_lock(handle):
             handle.close()
-            holder = _read_holder(self.path)
+            holder = _wait_for_holder(self.path)
             raise UserError(
                 f"'{self.folder}' is in use: {holder.describe()} is writing it, so {what} would mix two "
                 "runs in one folder; wait for it to finish (or stop it), or pass another --out."
