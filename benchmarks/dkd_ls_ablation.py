@@ -18,29 +18,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from kdcompress.analysis.compare.leaderboard import mean_std  # noqa: E402
+from kdcompress.analysis.compare.plan import read_rows  # noqa: E402
+
 VARIANTS = {
     "ls-a1-b8": ["--set", "method.alpha=1", "--set", "method.beta=8"],
     "nols-a9-b72": ["--set", "method.standardize_logits=false"],
 }
 
 
-def best_top1(run: Path) -> float:
-    return max(json.loads(line)["val_top1"] for line in (run / "metrics.jsonl").read_text().splitlines())
-
-
 def summary(runs: list[Path]) -> dict:
-    scores = [best_top1(run) for run in runs]
-    return {
-        "seeds": len(scores),
-        "best_top1_mean": statistics.mean(scores),
-        "best_top1_std": statistics.stdev(scores),
-    }
+    mean, std = mean_std([max(row["val_top1"] for row in read_rows(run)) for run in runs])
+    return {"seeds": len(runs), "best_top1_mean": mean, "best_top1_std": std}
 
 
 def main() -> None:

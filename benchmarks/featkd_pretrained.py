@@ -32,12 +32,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from kdcompress.analysis.compare.leaderboard import mean_std  # noqa: E402
+from kdcompress.analysis.compare.plan import read_rows  # noqa: E402
+
 TEACHER = Path("runs/pretrained/teacher-finetuned")
 NAMES = {"featkd-ce": "ours-ce"}
 
@@ -67,19 +71,13 @@ def finished_scores(method_folder: Path) -> dict[int, float]:
     scores = {}
     for run in sorted(method_folder.glob("seed*")):
         if (run / "report.md").is_file():
-            rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-            scores[int(run.name.removeprefix("seed"))] = max(row["val_top1"] for row in rows)
+            scores[int(run.name.removeprefix("seed"))] = max(row["val_top1"] for row in read_rows(run))
     return scores
 
 
 def summary(scores: dict[int, float]) -> dict:
-    values = list(scores.values())
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {
-        "seeds": sorted(scores),
-        "best_top1_mean": round(statistics.mean(values), 2),
-        "best_top1_std": std,
-    }
+    mean, std = mean_std(list(scores.values()))
+    return {"seeds": sorted(scores), "best_top1_mean": round(mean, 2), "best_top1_std": std}
 
 
 def collect(out: Path, rates: list[str], augments: list[str], lr: str, teacher: Path) -> dict:
@@ -106,8 +104,7 @@ def collect(out: Path, rates: list[str], augments: list[str], lr: str, teacher: 
                 else NAMES.get(method_folder.name, method_folder.name)
             )
             rows.append({"run": name, **row, "gain_vs_ce": gain, "lr": float(lr), "augment": "none"})
-    teacher_rows = [json.loads(line) for line in (teacher / "metrics.jsonl").read_text().splitlines()]
-    teacher_top1 = max(row["val_top1"] for row in teacher_rows)
+    teacher_top1 = max(row["val_top1"] for row in read_rows(teacher))
     return {
         "complete": False,
         "teacher_top1": teacher_top1,

@@ -25,7 +25,9 @@ from kdcompress.analysis.compare.deployment import StudentCost
 from kdcompress.analysis.compare.plan import BASELINES, PlannedRun, budget, read_rows
 
 
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation over seeds (0 for one seed, ``None`` for none), the one
+    summary every leaderboard and benchmark table reports."""
     if not values:
         return None, None
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
@@ -47,9 +49,9 @@ class Row:
     errors: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        best_mean, best_std = _mean_std(self.best)
-        last_mean, last_std = _mean_std(self.last)
-        deployed_mean, deployed_std = _mean_std(self.deployed)
+        best_mean, best_std = mean_std(self.best)
+        last_mean, last_std = mean_std(self.last)
+        deployed_mean, deployed_std = mean_std(self.deployed)
         return {
             "student": self.student,
             "method": self.method,
