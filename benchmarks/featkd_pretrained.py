@@ -21,10 +21,12 @@ Runs are reused, so re-running only does what is missing.
 ``--stage search`` runs only the ``ce`` search (e.g. one ``--augments`` value per machine), ``--stage
 paper`` only the methods in their paper's setting; the default ``all`` runs what is missing of both,
 then the best ``ce``'s seeds, and writes the JSON. ``--stage collect`` trains nothing: it writes the
-JSON from the finished runs alone (``"complete": false``), for a budget that ran out part-way.
+JSON from the finished runs alone, for a budget that ran out part-way or runs spread over machines
+(``"complete"`` says whether they are all ``--stage all`` asks for; methods trained at the best ``ce``'s
+own setting, in its folder, get rows too).
 
 Usage: python benchmarks/featkd_pretrained.py [--out runs/featkd-pretrained] [--seeds 0,1,2]
-       [--rates 0.002,0.005,0.01] [--augments none,crop_flip] [--lr 0.002] [--extra-methods ...]
+       [--rates 0.002,0.005,0.01,0.02,0.05] [--augments none,crop_flip] [--lr 0.002] [--extra-methods ...]
        [--stage all|search|paper|collect]
 """
 
@@ -80,20 +82,10 @@ def summary(scores: dict[int, float]) -> dict:
     return {"seeds": sorted(scores), "best_top1_mean": round(mean, 2), "best_top1_std": std}
 
 
-def collect(out: Path, rates: list[str], augments: list[str], lr: str, teacher: Path) -> dict:
-    """The JSON from finished runs only: the search rows whose seed 0 finished, the best of them with
-    all its finished seeds, and every method of the paper setting with its finished seeds."""
-    search = []
-    for augment in augments:
-        for rate in rates:
-            scores = finished_scores(folder(out, rate, augment) / "ce")
-            if 0 in scores:
-                search.append({"lr": float(rate), "augment": augment, "top1": scores[0]})
-    best = max(search, key=lambda r: r["top1"])
-    best_scores = finished_scores(folder(out, f"{best['lr']:g}", best["augment"]) / "ce")
-    best_ce = {**summary(best_scores), "lr": best["lr"], "augment": best["augment"]}
+def method_rows(method_folders: list[Path], lr: float, augment: str, best_ce: dict) -> list[dict]:
+    """One row per method folder with a finished seed, its gain over the best ``ce`` mean."""
     rows = []
-    for method_folder in sorted(p for p in folder(out, lr, "none").iterdir() if p.is_dir()):
+    for method_folder in method_folders:
         scores = finished_scores(method_folder)
         if scores:
             row = summary(scores)
@@ -103,10 +95,48 @@ def collect(out: Path, rates: list[str], augments: list[str], lr: str, teacher: 
                 if method_folder.name == "ce"
                 else NAMES.get(method_folder.name, method_folder.name)
             )
-            rows.append({"run": name, **row, "gain_vs_ce": gain, "lr": float(lr), "augment": "none"})
+            rows.append({"run": name, **row, "gain_vs_ce": gain, "lr": lr, "augment": augment})
+    return rows
+
+
+def collect(
+    out: Path,
+    rates: list[str],
+    augments: list[str],
+    lr: str,
+    teacher: Path,
+    seeds: list[int],
+    methods: list[str],
+) -> dict:
+    """The JSON from finished runs only: the search rows whose seed 0 finished, the best of them with
+    all its finished seeds, every method of the paper setting with its finished seeds, and any other
+    method trained at the best ``ce``'s own setting (the strongest logit baseline, say).
+
+    ``complete`` says whether this is everything ``--stage all`` asks for: every search cell, and
+    ``--seeds`` for the best ``ce`` and for every ``--methods`` method."""
+    search = []
+    for augment in augments:
+        for rate in rates:
+            scores = finished_scores(folder(out, rate, augment) / "ce")
+            if 0 in scores:
+                search.append({"lr": float(rate), "augment": augment, "top1": scores[0]})
+    best = max(search, key=lambda r: r["top1"])
+    best_folder = folder(out, f"{best['lr']:g}", best["augment"])
+    best_scores = finished_scores(best_folder / "ce")
+    best_ce = {**summary(best_scores), "lr": best["lr"], "augment": best["augment"]}
+    paper = folder(out, lr, "none")
+    rows = method_rows(sorted(p for p in paper.iterdir() if p.is_dir()), float(lr), "none", best_ce)
+    if best_folder != paper:
+        others = sorted(p for p in best_folder.iterdir() if p.is_dir() and p.name != "ce")
+        rows += method_rows(others, best["lr"], best["augment"], best_ce)
+    complete = (
+        len(search) == len(rates) * len(augments)
+        and set(seeds) <= set(best_scores)
+        and all(set(seeds) <= set(finished_scores(paper / method)) for method in methods)
+    )
     teacher_top1 = max(row["val_top1"] for row in read_rows(teacher))
     return {
-        "complete": False,
+        "complete": complete,
         "teacher_top1": teacher_top1,
         "best_ce": best_ce,
         "ce_search": search,
@@ -125,7 +155,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/featkd-pretrained"))
     parser.add_argument("--teacher", type=Path, default=TEACHER)
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--rates", default="0.002,0.005,0.01")
+    parser.add_argument("--rates", default="0.002,0.005,0.01,0.02,0.05")
     parser.add_argument("--augments", default="none,crop_flip")
     parser.add_argument("--lr", default="0.002", help="the paper-setting rate of the methods")
     parser.add_argument("--methods", default="featkd-auto,base-fkd")
@@ -137,7 +167,9 @@ def main() -> None:
     augments = [a.strip() for a in args.augments.split(",") if a.strip()]
     paper = folder(args.out, args.lr, "none")
     if args.stage == "collect":
-        write(args.json, collect(args.out, rates, augments, args.lr, args.teacher))
+        seeds = [int(seed) for seed in args.seeds.split(",")]
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        write(args.json, collect(args.out, rates, augments, args.lr, args.teacher, seeds, methods))
         return
     if args.stage == "paper":
         compare(paper, args.methods, args.seeds, args.lr, "none", args.teacher)
