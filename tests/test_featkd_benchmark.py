@@ -71,14 +71,3 @@ def test_complete_only_when_every_asked_run_finished(runs: Path) -> None:
     assert collect(runs, [0, 1, 2])["complete"] is False  # the best ce's seed 2 was killed
     (runs / "lr0.002-crop_flip/ce/seed0/report.md").unlink()  # one cell of the search unfinished
     assert collect(runs, [0, 1])["complete"] is False
-
-
-def test_rate_search_stops_past_the_peak_or_at_an_unfinished_run() -> None:
-    walk_rates = load_benchmark().walk_rates
-    scores = {"0.01": 80.0, "0.002": 70.0, "0.05": 78.0, "0.1": 90.0}
-    cells, done = walk_rates(list(scores), "none", lambda rate, augment: scores[rate])
-    assert [cell["lr"] for cell in cells] == [0.002, 0.01, 0.05] and done  # 0.1 is past a decline
-    cells, done = walk_rates(
-        list(scores), "none", lambda rate, augment: None if rate == "0.01" else scores[rate]
-    )
-    assert [cell["lr"] for cell in cells] == [0.002] and not done
