@@ -24,11 +24,11 @@ Runs are reused, so re-running only does what is missing.
 paper`` only the methods in their paper's setting; the default ``all`` runs what is missing of both,
 then the best ``ce``'s seeds, and writes the JSON. ``--stage collect`` trains nothing: it writes the
 JSON from the finished runs alone, for a budget that ran out part-way or runs spread over machines
-(``"complete"`` says whether they are all ``--stage all`` asks for; methods trained at the best ``ce``'s
-own setting, in its folder, get rows too).
+(``"complete"`` says whether they are all ``--stage all`` asks for; methods trained at a rate of the
+search, in its folder, get rows too).
 
 Usage: python benchmarks/featkd_pretrained.py [--out runs/featkd-pretrained] [--seeds 0,1,2]
-       [--rates 0.002,0.005,0.01,0.02,0.05,0.1,0.2] [--augments none,crop_flip] [--lr 0.002]
+       [--rates 0.002,0.005,0.01,0.02,0.05,0.1,0.2,0.5] [--augments none,crop_flip] [--lr 0.002]
        [--extra-methods ...]
        [--stage all|search|paper|collect]
 """
@@ -111,9 +111,10 @@ def collect(
     seeds: list[int],
     methods: list[str],
 ) -> dict:
-    """The JSON from finished runs only: the search rows whose seed 0 finished, the best of them with
-    all its finished seeds, every method of the paper setting with its finished seeds, and any other
-    method trained at the best ``ce``'s own setting (the strongest logit baseline, say).
+    """The JSON from finished runs only: the search cells whose seed 0 finished (``top1``: seed 0, which
+    ranks them; the mean over every finished seed beside it), the best of them with all its finished
+    seeds, every method of the paper setting with its finished seeds, and any method trained at a rate
+    of the search (the strongest logit baseline, the method at a higher rate).
 
     ``complete`` says whether this is everything ``--stage all`` asks for: every search cell, and
     ``--seeds`` for the best ``ce`` and for every ``--methods`` method."""
@@ -122,16 +123,19 @@ def collect(
         for rate in rates:
             scores = finished_scores(folder(out, rate, augment) / "ce")
             if 0 in scores:
-                search.append({"lr": float(rate), "augment": augment, "top1": scores[0]})
+                search.append({"lr": float(rate), "augment": augment, "top1": scores[0], **summary(scores)})
     best = max(search, key=lambda r: r["top1"])
     best_folder = folder(out, f"{best['lr']:g}", best["augment"])
     best_scores = finished_scores(best_folder / "ce")
     best_ce = {**summary(best_scores), "lr": best["lr"], "augment": best["augment"]}
     paper = folder(out, lr, "none")
     rows = method_rows(sorted(p for p in paper.iterdir() if p.is_dir()), float(lr), "none", best_ce)
-    if best_folder != paper:
-        others = sorted(p for p in best_folder.iterdir() if p.is_dir() and p.name != "ce")
-        rows += method_rows(others, best["lr"], best["augment"], best_ce)
+    for augment in augments:  # methods also trained at a rate of the search (not the paper's setting)
+        for rate in rates:
+            setting = folder(out, rate, augment)
+            if setting != paper and setting.is_dir():
+                others = sorted(p for p in setting.iterdir() if p.is_dir() and p.name != "ce")
+                rows += method_rows(others, float(rate), augment, best_ce)
     complete = (
         len(search) == len(rates) * len(augments)
         and set(seeds) <= set(best_scores)
@@ -158,7 +162,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/featkd-pretrained"))
     parser.add_argument("--teacher", type=Path, default=TEACHER)
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--rates", default="0.002,0.005,0.01,0.02,0.05,0.1,0.2")
+    parser.add_argument("--rates", default="0.002,0.005,0.01,0.02,0.05,0.1,0.2,0.5")
     parser.add_argument("--augments", default="none,crop_flip")
     parser.add_argument("--lr", default="0.002", help="the paper-setting rate of the methods")
     parser.add_argument("--methods", default="featkd-auto,base-fkd")

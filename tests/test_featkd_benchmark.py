@@ -62,8 +62,10 @@ def test_gains_are_over_the_best_ce_of_its_finished_seeds(runs: Path) -> None:
     rows = {row["run"]: row for row in document["rows"]}
     assert rows["featkd-auto"]["seeds"] == [0, 1, 2] and rows["featkd-auto"]["gain_vs_ce"] == 4.0
     assert rows["ours-ce"]["gain_vs_ce"] == -2.0 and rows["ce (same optimizer)"]["best_top1_mean"] == 74.0
-    # A method trained at the best ce's own setting is a row, labelled with that setting.
+    # A method trained at a rate of the search is a row, labelled with that setting.
     assert (rows["kd"]["lr"], rows["kd"]["augment"], rows["kd"]["gain_vs_ce"]) == (0.01, "crop_flip", -0.5)
+    cells = {(cell["lr"], cell["augment"]): cell for cell in document["ce_search"]}
+    assert cells[(0.01, "crop_flip")]["top1"] == 84.0 and cells[(0.01, "crop_flip")]["seeds"] == [0, 1]
 
 
 def test_complete_only_when_every_asked_run_finished(runs: Path) -> None:
