@@ -124,10 +124,7 @@ def collect(
             scores = finished_scores(folder(out, rate, augment) / "ce")
             if 0 in scores:
                 search.append({"lr": float(rate), "augment": augment, "top1": scores[0], **summary(scores)})
-    best = max(search, key=lambda r: r["top1"])
-    best_folder = folder(out, f"{best['lr']:g}", best["augment"])
-    best_scores = finished_scores(best_folder / "ce")
-    best_ce = {**summary(best_scores), "lr": best["lr"], "augment": best["augment"]}
+    best_ce = {key: value for key, value in max(search, key=lambda r: r["top1"]).items() if key != "top1"}
     paper = folder(out, lr, "none")
     rows = method_rows(sorted(p for p in paper.iterdir() if p.is_dir()), float(lr), "none", best_ce)
     for augment in augments:  # methods also trained at a rate of the search (not the paper's setting)
@@ -138,7 +135,7 @@ def collect(
                 rows += method_rows(others, float(rate), augment, best_ce)
     complete = (
         len(search) == len(rates) * len(augments)
-        and set(seeds) <= set(best_scores)
+        and set(seeds) <= set(best_ce["seeds"])
         and all(set(seeds) <= set(finished_scores(paper / method)) for method in methods)
     )
     teacher_top1 = max(row["val_top1"] for row in read_rows(teacher))

@@ -6,20 +6,12 @@ taken over a ``ce`` that is not the best, or ``complete: true`` with a seed miss
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "featkd_pretrained.py"
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("featkd_pretrained_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_benchmark
 
 
 def fake_run(folder: Path, top1: list[float], finished: bool = True) -> None:
@@ -49,7 +41,7 @@ def runs(tmp_path: Path) -> Path:
 
 
 def collect(runs: Path, seeds: list[int]) -> dict:
-    bench = load_benchmark()
+    bench = load_benchmark("featkd_pretrained")
     rates, augments = ["0.002", "0.01"], ["none", "crop_flip"]
     return bench.collect(runs, rates, augments, "0.002", runs.parent / "teacher", seeds, ["featkd-auto"])
 

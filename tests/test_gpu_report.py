@@ -3,20 +3,12 @@ stage outcomes and test counts, in the JSON and the markdown."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import torch
 
-REPORT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_report.py"
-
-
-def load_report():
-    spec = importlib.util.spec_from_file_location("gpu_report", REPORT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_benchmark
 
 
 def row(pair: str, method: str, batch: int, images_per_second: float, overhead: float) -> dict:
@@ -44,7 +36,7 @@ JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="py
 
 
 def test_report_checks_targets_and_projects_240_epochs(tmp_path, capsys):
-    gpu_report = load_report()
+    gpu_report = load_benchmark("gpu_report")
     pair = "resnet32x4->resnet8x4"
     eager = {
         "machine": {"command": "python benchmarks/throughput.py --device cuda"},
@@ -111,7 +103,7 @@ def test_report_checks_targets_and_projects_240_epochs(tmp_path, capsys):
 
 
 def test_env_names_what_keeps_the_check_from_running(tmp_path, monkeypatch):
-    gpu_report = load_report()
+    gpu_report = load_benchmark("gpu_report")
     assert gpu_report.main(["env", "--json", str(tmp_path / "cpu.json"), "--device", "cpu"]) == 0
     info = json.loads((tmp_path / "cpu.json").read_text())
     assert info["problems"] == [] and info["packages"]["torch"] == torch.__version__

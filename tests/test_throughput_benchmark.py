@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
-BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "throughput.py"
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("throughput_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_benchmark
 
 
 def test_benchmark_writes_one_row_per_method_with_consistent_ratios(tmp_path, monkeypatch, capsys):
-    bench = load_benchmark()
+    bench = load_benchmark("throughput")
     tiny = {"tiny": dict(teacher="cifar_resnet14", student="cifar_resnet8", size=8, batch=16)}
     monkeypatch.setattr(bench, "PAIRS", tiny)
     out = tmp_path / "rows.json"
